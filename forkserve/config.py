@@ -1,0 +1,451 @@
+"""Every setting, declared once.
+
+Each field of `Config` is one setting: its type (the annotation), default,
+command-line flags, environment variable, help text and docs section all live
+in the field's declaration. The click command (`cli.py`) and the settings docs
+are generated from these declarations, so a setting cannot drift between them.
+
+Pure: imports no sockets, no os.fork, no signal. `load()` takes its sources as
+arguments (it reads no globals), and returns the settings and where each value
+came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from forkserve.errors import ConfigError
+
+Parser = Callable[[str], Any]
+
+ENV_PREFIX = "FORKSERVE_"
+
+
+@dataclass(frozen=True)
+class Meta:
+    """How one setting is spelled outside Python."""
+
+    flags: tuple[str, ...]
+    help: str
+    section: str
+    parse: Parser
+    metavar: str = ""
+    multiple: bool = False  # repeatable flag; a list setting
+    switch: bool = False  # boolean flag that takes no value
+
+
+def setting(
+    default: Any,
+    *flags: str,
+    help: str,
+    section: str,
+    parse: Parser,
+    metavar: str = "",
+    multiple: bool = False,
+    switch: bool = False,
+) -> Any:
+    meta = Meta(flags, help, section, parse, metavar, multiple, switch)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"forkserve": meta})
+    return field(default=default, metadata={"forkserve": meta})
+
+
+# -- value parsers: str -> value, raising ValueError with what was expected --
+
+
+def parse_int(minimum: int = 0) -> Parser:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_workers(text: str) -> int:
+    """A positive integer, or `auto`: one per CPU this process may run on."""
+    if text.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return parse_int(1)(text)
+
+
+def parse_float(minimum: float = 0.0) -> Parser:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if value != value or value < minimum:  # NaN fails too
+            raise ValueError(f"expected a number >= {minimum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_str(text: str) -> str:
+    return text
+
+
+def parse_optional_str(text: str) -> str | None:
+    return text or None
+
+
+def parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_bind(text: str) -> str:
+    """Validate a bind address; the socket layer turns it into an address."""
+    value = text.strip()
+    if value.startswith("unix:"):
+        if len(value) == 5:
+            raise ValueError("expected unix:PATH, got an empty path")
+        return value
+    if value.startswith("fd://"):
+        parse_int(0)(value[5:])
+        return value
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\](?::(\d+))?|([^:\[\]]*)(?::(\d+))?", value)
+    if not m:
+        raise ValueError(f"expected HOST:PORT, [IPv6]:PORT or unix:PATH, got {text!r}")
+    port = m.group(2) or m.group(4)
+    if port is not None and not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return value
+
+
+def parse_log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
+def parse_root_path(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if value and not value.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', got {text!r}")
+    return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings of one server. Built by `load()`; never mutated."""
+
+    app: str = setting(
+        "",
+        help="The WSGI application: MODULE:ATTRIBUTE or MODULE:FACTORY() (called with no "
+        "arguments).",
+        section="Application",
+        parse=parse_str,
+        metavar="APP",
+    )
+    chdir: str | None = setting(
+        None,
+        "--chdir",
+        help="Change to this directory before loading the app (it is then on sys.path).",
+        section="Application",
+        parse=parse_optional_str,
+        metavar="DIR",
+    )
+    pythonpath: list[str] = setting(
+        [],
+        "--pythonpath",
+        help="Comma-separated directories to put in front of sys.path.",
+        section="Application",
+        parse=parse_list,
+        metavar="DIRS",
+    )
+    root_path: str = setting(
+        "",
+        "--root-path",
+        help="The URL prefix the app is mounted at: becomes SCRIPT_NAME and is stripped from "
+        "PATH_INFO. Defaults to the SCRIPT_NAME environment variable.",
+        section="Application",
+        parse=parse_root_path,
+        metavar="PATH",
+    )
+    bind: list[str] = setting(
+        ["127.0.0.1:8000"],
+        "-b",
+        "--bind",
+        help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. Repeat for several. "
+        "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set.",
+        section="Sockets",
+        parse=parse_bind,
+        metavar="ADDRESS",
+        multiple=True,
+    )
+    backlog: int = setting(
+        2048,
+        "--backlog",
+        help="The listen queue length of each socket.",
+        section="Sockets",
+        parse=parse_int(1),
+        metavar="INT",
+    )
+    workers: int = setting(
+        1,
+        "-w",
+        "--workers",
+        help="Number of worker processes, or 'auto' for one per usable CPU. Default "
+        "$WEB_CONCURRENCY, else 1.",
+        section="Workers",
+        parse=parse_workers,
+        metavar="INT",
+    )
+    worker_connections: int = setting(
+        1000,
+        "--worker-connections",
+        help="Most client connections one worker holds open (idle keep-alive and partly "
+        "received requests). Past it the oldest idle connection is closed.",
+        section="Workers",
+        parse=parse_int(1),
+        metavar="INT",
+    )
+    timeout: float = setting(
+        30.0,
+        "-t",
+        "--timeout",
+        help="A worker silent for longer than this many seconds (stuck in the app) is killed "
+        "and replaced. 0 turns the check off.",
+        section="Workers",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    graceful_timeout: float = setting(
+        30.0,
+        "--graceful-timeout",
+        help="On a graceful stop, how long in-flight requests may run before the worker is "
+        "killed.",
+        section="Workers",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    keepalive: float = setting(
+        5.0,
+        "--keep-alive",
+        help="Seconds an idle keep-alive connection stays open. 0 turns keep-alive off. Idle "
+        "connections are parked, not holding a worker, so this can be longer than "
+        "gunicorn's 2s; set it above your load balancer's idle timeout.",
+        section="HTTP",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    header_timeout: float = setting(
+        10.0,
+        "--header-timeout",
+        help="Seconds a client has to send a complete request head once it started (slowloris "
+        "guard).",
+        section="HTTP",
+        parse=parse_float(0.001),
+        metavar="SECONDS",
+    )
+    body_timeout: float = setting(
+        60.0,
+        "--body-timeout",
+        help="Seconds a client has to send the whole request body.",
+        section="HTTP",
+        parse=parse_float(0.001),
+        metavar="SECONDS",
+    )
+    write_timeout: float = setting(
+        30.0,
+        "--write-timeout",
+        help="Seconds a client may go without reading any of the response before it is cut off.",
+        section="HTTP",
+        parse=parse_float(0.001),
+        metavar="SECONDS",
+    )
+    body_buffer_size: int = setting(
+        1048576,
+        "--body-buffer-size",
+        help="Request bodies up to this many bytes are received in full, with the connection "
+        "parked, before the app runs, so a slow upload does not hold a worker. Larger bodies "
+        "are streamed to the app as they arrive.",
+        section="HTTP",
+        parse=parse_int(0),
+        metavar="BYTES",
+    )
+    limit_request_line: int = setting(
+        4094,
+        "--limit-request-line",
+        help="Longest request line in bytes (method, target and version); longer gets 414.",
+        section="HTTP",
+        parse=parse_int(16),
+        metavar="BYTES",
+    )
+    limit_request_fields: int = setting(
+        100,
+        "--limit-request-fields",
+        help="Most header fields in a request; more gets 431.",
+        section="HTTP",
+        parse=parse_int(1),
+        metavar="INT",
+    )
+    limit_request_field_size: int = setting(
+        8190,
+        "--limit-request-field-size",
+        help="Longest header field line in bytes; longer gets 431.",
+        section="HTTP",
+        parse=parse_int(16),
+        metavar="BYTES",
+    )
+    access_logfile: str | None = setting(
+        None,
+        "--access-logfile",
+        help="Where to write the access log; '-' is stdout. Off by default.",
+        section="Logging",
+        parse=parse_optional_str,
+        metavar="FILE",
+    )
+    access_logformat: str = setting(
+        GUNICORN_ACCESS_FORMAT,
+        "--access-logformat",
+        help="The access log line, with gunicorn's atoms: h l u t r m U q H s b B f a T M D L p "
+        "and {header}i / {header}o.",
+        section="Logging",
+        parse=parse_str,
+        metavar="FORMAT",
+    )
+    error_logfile: str = setting(
+        "-",
+        "--error-logfile",
+        "--log-file",
+        help="Where to write the error log; '-' is stderr.",
+        section="Logging",
+        parse=parse_str,
+        metavar="FILE",
+    )
+    log_level: str = setting(
+        "info",
+        "--log-level",
+        help="Error log level: debug, info, warning, error or critical.",
+        section="Logging",
+        parse=parse_log_level,
+        metavar="LEVEL",
+    )
+    proc_name: str | None = setting(
+        None,
+        "-n",
+        "--name",
+        help="The name in process titles (default: the APP).",
+        section="Process",
+        parse=parse_optional_str,
+        metavar="NAME",
+    )
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+SETTINGS: dict[str, tuple[dataclasses.Field[Any], Meta]] = {
+    f.name: (f, f.metadata["forkserve"]) for f in dataclasses.fields(Config)
+}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def default_of(name: str) -> Any:
+    f, _ = SETTINGS[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw value from `source` into the setting's value, or fail naming both."""
+    _, meta = SETTINGS[name]
+    flag = next((f for f in meta.flags if f.startswith("--")), name)
+    try:
+        if meta.multiple:
+            items = raw if isinstance(raw, list | tuple) else parse_list(str(raw))
+            return [meta.parse(str(item)) for item in items]
+        if isinstance(raw, bool) and meta.parse is parse_bool:
+            return raw
+        if isinstance(raw, list):
+            return meta.parse(",".join(str(r) for r in raw))
+        return meta.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{flag} ({source}): {exc}") from None
+
+
+def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Settings from the environment: FORKSERVE_<SETTING> plus the container conventions.
+
+    `PORT` and `WEB_CONCURRENCY` (Heroku, Cloud Run, ...) rank below the explicit
+    FORKSERVE_ variables.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
+    if env.get("PORT"):
+        raw["bind"] = ([f"0.0.0.0:{env['PORT']}"], "env PORT")
+    if env.get("WEB_CONCURRENCY"):
+        raw["workers"] = (env["WEB_CONCURRENCY"], "env WEB_CONCURRENCY")
+    if env.get("SCRIPT_NAME"):
+        raw["root_path"] = (env["SCRIPT_NAME"], "env SCRIPT_NAME")
+    known = {env_name(n): n for n in SETTINGS if n != "app"}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = known.get(key)
+        if name is None:
+            raise ConfigError(
+                f"unknown environment variable {key}{suggest(key, list(known))}"
+            )
+        raw[name] = (value, f"env {key}")
+    return {name: (_parse(name, value, source), source) for name, (value, source) in raw.items()}
+
+
+def load(
+    cli: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Config, dict[str, str]]:
+    """Layer defaults < environment < command line; return settings and provenance.
+
+    `cli` maps setting names to raw values given on the command line (absent =
+    not given). Provenance maps each setting name to where its value came from.
+    """
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {name: "default" for name in SETTINGS}
+    for name, (value, source) in env_layer(env).items():
+        values[name] = value
+        origin[name] = source
+    for name, raw in cli.items():
+        if name not in SETTINGS:
+            raise ConfigError(f"unknown setting {name!r}{suggest(name, list(SETTINGS))}")
+        values[name] = _parse(name, raw, "command line")
+        origin[name] = "command line"
+    return Config(**values), origin

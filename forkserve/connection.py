@@ -1,0 +1,745 @@
+"""One client connection in a worker: the only code that reads or writes a client socket.
+
+Runs in a worker, after fork, in its single thread. A connection lives in the
+worker's selector while its request head (and a small body) is still
+arriving, or while it is idle between keep-alive requests; none of that costs
+the worker any time. Only once a request is complete does `run()` call the
+app, with the socket read and written under deadlines so a client that stops
+reading or sending cannot hold the worker past them.
+
+h11 parses each request (a fresh `h11.Connection` per request costs 0.7 µs);
+forkserve writes responses itself from the already validated status and
+headers, which also saves h11's 17 µs send path per request.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+import h11
+
+from forkserve import SERVER_SOFTWARE
+from forkserve.environ import Body, ServerFacts, build_environ
+from forkserve.errors import HTTPError
+from forkserve.http import HeadFacts, Limits, check_head, find_head_end, strip_leading_empty_lines
+from forkserve.log import AccessLog, log
+from forkserve.wsgi import FileWrapper, ResponseError, StartResponse
+
+RECV_SIZE = 65536
+# An unread body larger than this is not drained after the response: the
+# connection is closed instead (reading it would only waste the worker).
+MAX_DRAIN = 256 * 1024
+LINGER_SECONDS = 2.0
+
+REASONS = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+class State(enum.Enum):
+    """Where a connection is in its life (only RUNNING holds the worker)."""
+
+    IDLE = "idle"  # keep-alive, waiting for the next request's first byte
+    HEAD = "head"  # part of a request head has arrived
+    BODY = "body"  # head done, a small body is being received before the app runs
+    READY = "ready"  # a complete request waits for its turn
+    CLOSING = "closing"  # answered with an error; reading the rest before closing
+    CLOSED = "closed"
+
+
+class WriteTimeout(Exception):
+    """The client did not read the response in time."""
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection, or a deadline passed mid-request."""
+
+
+@dataclass
+class Settings:
+    """The few values a connection needs (not the whole config)."""
+
+    limits: Limits
+    keepalive: float
+    header_timeout: float
+    body_timeout: float
+    write_timeout: float
+    body_buffer_size: int
+
+
+class DateCache:
+    """The `Date` header value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True)
+        return self.value
+
+
+DATE = DateCache()
+
+
+def error_response(status: int, detail: str = "") -> bytes:
+    """A complete response the server sends for a request it refuses itself."""
+    reason = REASONS.get(status, "Error")
+    body = f"{status} {reason}\n".encode("ascii")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Date: {DATE.get()}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+class Connection:
+    """A client socket and the request cycle on it."""
+
+    __slots__ = (
+        "sock",
+        "fd",
+        "peer",
+        "base",
+        "settings",
+        "state",
+        "buf",
+        "scan",
+        "deadline",
+        "last_active",
+        "parser",
+        "request",
+        "facts",
+        "body_chunks",
+        "body_size",
+        "body_done",
+        "keep_alive",
+        "requests",
+        "draining",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int] | None,
+        base: dict[str, Any],
+        settings: Settings,
+        now: float,
+    ) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.base = base
+        self.settings = settings
+        self.state = State.HEAD
+        self.buf = bytearray()
+        self.scan = 0
+        self.deadline = now + settings.header_timeout
+        self.last_active = now
+        self.parser: h11.Connection | None = None
+        self.request: h11.Request | None = None
+        self.facts: HeadFacts | None = None
+        self.body_chunks: list[bytes] = []
+        self.body_size = 0
+        self.body_done = False
+        self.keep_alive = True
+        self.requests = 0
+        self.draining = False
+
+    # -- receiving, while parked in the selector -------------------------
+    def on_readable(self, now: float) -> State:
+        """Read what the socket has and advance; returns the new state."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return self.state
+        except OSError:
+            self.close()
+            return self.state
+        if self.state is State.CLOSING:
+            if not data:
+                self.close()
+            return self.state
+        if not data:
+            if self.state is State.BODY:
+                self.refuse(400, "client closed during the request body")
+            else:
+                self.close()
+            return self.state
+        self.last_active = now
+        if self.state is State.IDLE:
+            self.state = State.HEAD
+            self.deadline = now + self.settings.header_timeout
+        if self.state is State.HEAD:
+            self.buf += data
+            return self.advance_head(now)
+        if self.state is State.BODY:
+            assert self.parser is not None
+            self.parser.receive_data(data)
+            return self.advance_body()
+        return self.state
+
+    def advance_head(self, now: float) -> State:
+        """Look for a complete head in `buf`; validate it and hand it to h11."""
+        try:
+            skip = strip_leading_empty_lines(self.buf)
+            if skip:
+                del self.buf[:skip]
+                self.scan = 0
+            end = find_head_end(self.buf, self.scan, self.settings.limits)
+            if end < 0:
+                self.scan = len(self.buf)
+                return self.state
+            facts = check_head(bytes(self.buf[:end]), self.settings.limits)
+            parser = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.settings.limits.head + 1
+            )
+            parser.receive_data(bytes(self.buf))
+            self.buf = bytearray()
+            self.scan = 0
+            event = parser.next_event()
+            if not isinstance(event, h11.Request):
+                raise HTTPError(400, f"unexpected {type(event).__name__}")
+        except HTTPError as exc:
+            self.refuse(exc.status, exc.detail)
+            return self.state
+        except h11.RemoteProtocolError as exc:
+            self.refuse(exc.error_status_hint, str(exc))
+            return self.state
+        self.parser, self.request, self.facts = parser, event, facts
+        self.body_chunks, self.body_size, self.body_done = [], 0, False
+        self.keep_alive = _wants_keep_alive(event) and self.settings.keepalive > 0
+        has_body = facts.chunked or bool(facts.content_length)
+        if not has_body:
+            self.body_done = True
+            self.state = State.READY
+            return self.state
+        if facts.expect_continue or (facts.content_length or 0) > self.settings.body_buffer_size:
+            # The app decides whether to read it (100-continue), or it is too
+            # large to hold: stream it to the app as it arrives.
+            self.state = State.READY
+            return self.state
+        self.state = State.BODY
+        self.deadline = now + self.settings.body_timeout
+        return self.advance_body()
+
+    def advance_body(self) -> State:
+        """Take decoded body pieces from h11 until the body ends or the buffer is full."""
+        assert self.parser is not None
+        try:
+            while True:
+                event = self.parser.next_event()
+                if event is h11.NEED_DATA:
+                    return self.state
+                if isinstance(event, h11.Data):
+                    self.body_chunks.append(bytes(event.data))
+                    self.body_size += len(event.data)
+                    if self.body_size >= self.settings.body_buffer_size:
+                        self.state = State.READY  # stream the rest
+                        return self.state
+                elif isinstance(event, h11.EndOfMessage):
+                    self.body_done = True
+                    self.state = State.READY
+                    return self.state
+                else:
+                    raise HTTPError(400, f"unexpected {type(event).__name__} in body")
+        except HTTPError as exc:
+            self.refuse(exc.status, exc.detail)
+        except h11.RemoteProtocolError as exc:
+            self.refuse(exc.error_status_hint, str(exc))
+        return self.state
+
+    def expire(self, now: float) -> None:
+        """Called by the worker's sweep: close a connection past its deadline."""
+        if self.state is State.HEAD and self.buf:
+            self.refuse(408, "timed out reading the request head")
+        elif self.state is State.BODY:
+            self.refuse(408, "timed out reading the request body")
+        else:
+            self.close()
+
+    # -- answering without the app ---------------------------------------
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer a request the server rejects, then close without losing the answer."""
+        log.debug("refused %s from %s: %s", status, self.peer, detail)
+        try:
+            self.sock.send(error_response(status, detail))
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        # Closing with unread bytes would send RST and could destroy the answer
+        # before the client reads it: read and discard for a moment first.
+        self.state = State.CLOSING
+        self.buf = bytearray()
+        self.deadline = time.monotonic() + LINGER_SECONDS
+
+    def close(self) -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    # -- running the app ---------------------------------------------------
+    def run(self, app: Callable[..., Any], access_log: AccessLog, hooks: RequestHooks) -> None:
+        """Run the app on the complete request and write the response.
+
+        Afterwards the connection is IDLE (keep-alive), READY (a pipelined
+        request is already buffered), or closed.
+        """
+        request, parser = self.request, self.parser
+        assert request is not None and parser is not None
+        started = time.monotonic()
+        now_wall = time.time()
+        body = self._make_body(parser)
+        environ = build_environ(
+            self.base,
+            request.method,
+            request.target,
+            request.http_version,
+            list(request.headers),
+            self.peer,
+            body,
+        )
+        hooks.started(request, environ, self.peer)
+        writer = ResponseWriter(self, environ["REQUEST_METHOD"] == "HEAD", request.http_version)
+        start_response = StartResponse(writer.write_legacy)
+        writer.start = start_response
+        result: Iterable[bytes] | None = None
+        try:
+            try:
+                result = app(environ, start_response)
+                writer.send_iterable(result)
+            finally:
+                if result is not None and hasattr(result, "close"):
+                    try:
+                        result.close()
+                    except Exception:
+                        log.exception("Error closing the response iterable of %s %s",
+                                      environ["REQUEST_METHOD"], environ["RAW_URI"])
+        except (ClientGone, WriteTimeout) as exc:
+            log.debug("client %s gone: %s", self.peer, exc)
+            writer.broken = True
+        except BodyError as exc:
+            writer.fail(exc.status, f"request body: {exc.detail}", log_traceback=False)
+        except Exception as exc:
+            writer.fail(500, f"Error handling request {environ['REQUEST_METHOD']} "
+                        f"{environ['RAW_URI']}", exc=exc)
+        finished = time.monotonic()
+        hooks.finished(environ, writer)
+        if access_log.enabled:
+            access_log.write(environ, writer.status_line(), writer.sent_headers, writer.sent,
+                             now_wall, now_wall + (finished - started))
+        self._finish_cycle(body, writer, finished)
+
+    def _make_body(self, parser: h11.Connection) -> Body:
+        if self.body_done:
+            return Body(self.body_chunks)
+        facts = self.facts
+        assert facts is not None
+        continue_cb = self._send_continue if facts.expect_continue else None
+        return Body(self.body_chunks, self._pull_body, continue_cb)
+
+    def _send_continue(self) -> None:
+        self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _pull_body(self) -> bytes:
+        """Next decoded body piece for `wsgi.input`, reading the socket under the body deadline."""
+        parser = self.parser
+        assert parser is not None
+        deadline = time.monotonic() + self.settings.body_timeout
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BodyError(exc.error_status_hint, str(exc)) from None
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                self.body_done = True
+                return b""
+            if event is not h11.NEED_DATA:
+                raise BodyError(400, f"unexpected {type(event).__name__} in body")
+            data = self.recv_within(deadline)
+            parser.receive_data(data)
+
+    def recv_within(self, deadline: float) -> bytes:
+        """Blocking read with a deadline, on the non-blocking socket."""
+        while True:
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+            if not _wait(self.fd, select.POLLIN, deadline):
+                raise BodyError(408, "timed out reading the request body")
+
+    def send_all(self, data: bytes | memoryview) -> None:
+        """Write everything, or raise WriteTimeout if the client stops reading."""
+        view = memoryview(data)
+        deadline = 0.0
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+            view = view[sent:]
+            if view:
+                if not deadline:
+                    deadline = time.monotonic() + self.settings.write_timeout
+                if not _wait(self.fd, select.POLLOUT, deadline):
+                    raise WriteTimeout("client did not read the response in time")
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        """Send `count` bytes of a file with os.sendfile; returns bytes sent."""
+        total = 0
+        deadline = 0.0
+        while total < count:
+            try:
+                sent = os.sendfile(self.fd, fd, offset + total, count - total)
+            except (BlockingIOError, InterruptedError):
+                sent = -1
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    raise ClientGone(str(exc)) from None
+                raise
+            if sent == 0:
+                break  # the file is shorter than announced
+            if sent > 0:
+                total += sent
+                deadline = 0.0
+                continue
+            if not deadline:
+                deadline = time.monotonic() + self.settings.write_timeout
+            if not _wait(self.fd, select.POLLOUT, deadline):
+                raise WriteTimeout("client did not read the response in time")
+        return total
+
+    def _finish_cycle(self, body: Body, writer: ResponseWriter, now: float) -> None:
+        self.requests += 1
+        self.request = None
+        self.facts = None
+        self.body_chunks = []
+        keep = self.keep_alive and not writer.close and not writer.broken and not self.draining
+        if keep and not self.body_done:
+            try:
+                keep = body.drain(MAX_DRAIN) and self.body_done
+            except (BodyError, ClientGone):
+                keep = False
+        parser = self.parser
+        self.parser = None
+        if not keep or parser is None:
+            self.close()
+            return
+        # Bytes after this request (a pipelined next request) stay in h11's
+        # buffer: take them back for the next head.
+        rest, closed = parser.trailing_data
+        self.buf = bytearray(rest)
+        self.scan = 0
+        self.last_active = now
+        if rest:
+            self.state = State.HEAD
+            self.deadline = now + self.settings.header_timeout
+            self.advance_head(now)
+        elif closed:
+            self.close()
+        else:
+            self.state = State.IDLE
+            self.deadline = now + self.settings.keepalive
+
+
+class BodyError(Exception):
+    """The request body broke the protocol or its deadline while the app read it."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class RequestHooks:
+    """Called around each request; the worker subclasses this (heartbeat, hooks)."""
+
+    def started(self, request: h11.Request, environ: dict[str, Any],
+                peer: tuple[str, int] | None) -> None:
+        pass
+
+    def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
+        pass
+
+
+def _wants_keep_alive(request: h11.Request) -> bool:
+    """HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked."""
+    tokens: set[bytes] = set()
+    for name, value in request.headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    if request.http_version == b"1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
+
+
+def _wait(fd: int, events: int, deadline: float) -> bool:
+    """Wait for `events` on `fd` until `deadline`; False on timeout."""
+    poller = select.poll()
+    poller.register(fd, events | select.POLLERR | select.POLLHUP)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(remaining * 1000):
+            return True
+
+
+class ResponseWriter:
+    """Frames and writes one response from what the app gave `start_response`."""
+
+    __slots__ = (
+        "conn",
+        "head_only",
+        "http11",
+        "start",
+        "headers_sent",
+        "sent",
+        "sent_headers",
+        "close",
+        "broken",
+        "chunked",
+        "remaining",
+        "status",
+    )
+
+    def __init__(self, conn: Connection, head_only: bool, http_version: bytes) -> None:
+        self.conn = conn
+        self.head_only = head_only
+        self.http11 = http_version == b"1.1"
+        self.start: StartResponse | None = None
+        self.headers_sent = False
+        self.sent = 0
+        self.sent_headers: list[tuple[str, str]] = []
+        self.close = not conn.keep_alive
+        self.broken = False
+        self.chunked = False
+        self.remaining: int | None = None  # body bytes still owed under Content-Length
+        self.status = ""
+
+    def status_line(self) -> str:
+        return self.status or "-"
+
+    def _head(self, body_length: int | None) -> bytes:
+        """Serialize the status line and headers, deciding the framing."""
+        start = self.start
+        assert start is not None
+        if start.status is None:
+            raise ResponseError("the app returned without calling start_response")
+        code = start.code
+        headers = list(start.headers)
+        no_body = self.head_only or code in (204, 304)
+        length = start.content_length
+        if start.close:
+            self.close = True
+        if length is None and code not in (204, 304):
+            if body_length is not None:
+                length = body_length
+                headers.append(("Content-Length", str(length)))
+            elif self.head_only:
+                pass  # the GET would have been framed some way we cannot know: say nothing
+            elif self.http11:
+                self.chunked = True
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                self.close = True  # HTTP/1.0 without a length: the close ends the body
+        self.remaining = None if no_body else length
+        if self.conn.draining:
+            self.close = True
+        names = {name.lower() for name, _ in headers}
+        if "date" not in names:
+            headers.append(("Date", DATE.get()))
+        if "server" not in names:
+            headers.append(("Server", SERVER_SOFTWARE))
+        if self.close:
+            headers.append(("Connection", "close"))
+        elif not self.http11:
+            headers.append(("Connection", "keep-alive"))
+        self.sent_headers = headers
+        self.status = start.status or ""
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        return f"HTTP/1.1 {start.status}\r\n{lines}\r\n".encode("latin-1")
+
+    def _frame(self, data: bytes) -> bytes:
+        """Body bytes as they go on the wire, checking Content-Length."""
+        if self.head_only or (self.start is not None and self.start.code in (204, 304)):
+            return b""
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                raise ResponseError(
+                    f"app sent more than its Content-Length ({self.sent + len(data)} bytes)"
+                )
+            self.remaining -= len(data)
+        self.sent += len(data)
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def write_legacy(self, data: bytes) -> None:
+        """The `write()` callable: send the head first if needed, then `data`."""
+        if not data:
+            return
+        head = b""
+        if not self.headers_sent:
+            head = self._head(None)
+            self.headers_sent = True
+        self.conn.send_all(head + self._frame(data))
+
+    def send_iterable(self, result: Iterable[bytes]) -> None:
+        """Send the app's response iterable; one write for a small known body."""
+        if isinstance(result, FileWrapper) and not self.headers_sent:
+            if self._try_sendfile(result):
+                return
+        if isinstance(result, list | tuple) and not self.headers_sent:
+            for item in result:
+                if type(item) is not bytes:
+                    raise TypeError(f"app yielded {type(item).__name__}, not bytes")
+            body = b"".join(result)
+            assert self.start is not None
+            if self.start.status is None:
+                raise ResponseError("the app returned without calling start_response")
+            head = self._head(len(body))
+            out = head + self._frame(body) if body else head
+            if self.chunked:
+                out += b"0\r\n\r\n"
+            self.headers_sent = True
+            self.conn.send_all(out)
+            self._check_complete()
+            return
+        for data in result:
+            if type(data) is not bytes:
+                raise TypeError(f"app yielded {type(data).__name__}, not bytes")
+            if data:
+                self.write_legacy(data)
+        self.end()
+
+    def end(self) -> None:
+        """After the last body piece: send any unsent head and the final chunk."""
+        out = b""
+        if not self.headers_sent:
+            out = self._head(0 if self.start and self.start.content_length is None else None)
+            self.headers_sent = True
+        if self.chunked:
+            out += b"0\r\n\r\n"
+        if out:
+            self.conn.send_all(out)
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self.remaining:
+            self.close = True
+            log.error(
+                "app sent %d bytes less than its Content-Length; closing the connection",
+                self.remaining,
+            )
+
+    def _try_sendfile(self, wrapper: FileWrapper) -> bool:
+        fd = wrapper.fileno()
+        if fd is None:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            return False
+        assert self.start is not None
+        if self.start.status is None:
+            raise ResponseError("the app returned without calling start_response")
+        available = max(0, size - offset)
+        head = self._head(available if self.start.content_length is None else None)
+        self.headers_sent = True
+        self.conn.send_all(head)
+        if self.remaining is None:
+            return True  # HEAD / 204 / 304: no body
+        count = min(available, self.remaining)
+        sent = self.conn.sendfile(fd, offset, count)
+        self.sent += sent
+        self.remaining -= sent
+        self._check_complete()
+        return True
+
+    def fail(self, status: int, message: str, exc: BaseException | None = None,
+             log_traceback: bool = True) -> None:
+        """The app (or the body) failed: log it; answer `status` if nothing was sent yet."""
+        if log_traceback and exc is not None:
+            log.error("%s", message, exc_info=(type(exc), exc, exc.__traceback__))
+        else:
+            log.warning("%s", message)
+        self.close = True
+        if self.headers_sent:
+            self.broken = True  # mid-stream: the only honest signal left is closing
+            return
+        self.status = f"{status} {REASONS.get(status, 'Error')}"
+        self.headers_sent = True
+        try:
+            self.conn.send_all(error_response(status))
+        except (ClientGone, WriteTimeout):
+            self.broken = True
+
+
+def process_request_bytes(app: Callable[..., Any], raw: bytes) -> bytes:
+    """Run one request through the whole request path in memory (for benchmarks).
+
+    Bytes in -> pre-check -> h11 -> environ -> app -> response bytes out,
+    with a socketpair standing in for the client so the real code runs.
+    """
+    client, server = socket.socketpair()
+    try:
+        server.setblocking(False)
+        settings = Settings(Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20)
+        base = ServerFacts("localhost", "80").base_environ(sys.stderr, FileWrapper)
+        conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
+        client.sendall(raw)
+        conn.on_readable(time.monotonic())
+        if conn.state is State.READY:
+            conn.run(app, AccessLog(None, ""), RequestHooks())
+        conn.close()
+        client.settimeout(1.0)
+        chunks = []
+        while True:
+            try:
+                chunk = client.recv(RECV_SIZE)
+            except (TimeoutError, BlockingIOError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        client.close()
+        server.close()

@@ -1,0 +1,132 @@
+"""Listening sockets: bind them once in the master, before any fork.
+
+Workers inherit the bound sockets; they never bind anything themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from forkserve.errors import BindError
+
+
+@dataclass
+class Listener:
+    """One bound, listening socket and how to show it to people."""
+
+    sock: socket.socket
+    bind: str  # the --bind text it came from
+    is_unix: bool
+
+    @property
+    def url(self) -> str:
+        if self.is_unix:
+            return f"unix:{self.sock.getsockname()}"
+        host, port = self.sock.getsockname()[:2]
+        if self.sock.family == socket.AF_INET6:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def close(self, unlink: bool = True) -> None:
+        path = self.sock.getsockname() if self.is_unix else None
+        self.sock.close()
+        if unlink and isinstance(path, str) and path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def parse_address(bind: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
+    """`HOST:PORT`, `[IPv6]:PORT`, `HOST` (port 8000) or `unix:PATH` -> family, address."""
+    if bind.startswith("unix:"):
+        return socket.AF_UNIX, bind[5:]
+    if bind.startswith("["):
+        host, _, rest = bind[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 8000
+        return socket.AF_INET6, (host, port)
+    host, sep, port_text = bind.rpartition(":")
+    if not sep:
+        host, port_text = bind, "8000"
+    port = int(port_text)
+    if not host:
+        host = "0.0.0.0"
+    if ":" in host:
+        return socket.AF_INET6, (host, port)
+    return socket.AF_INET, (host, port)
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse if something listens there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"cannot bind unix:{path}: a file that is not a socket is in the way")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise BindError(f"cannot bind unix:{path}: another server is listening there")
+
+
+def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
+    if bind.startswith("fd://"):
+        fd = int(bind[5:])
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(f"cannot use {bind}: {exc.strerror}") from None
+        sock.listen(backlog)
+        return Listener(sock, bind, sock.family == socket.AF_UNIX)
+    family, address = parse_address(bind)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_UNIX:
+            assert isinstance(address, str)
+            _remove_stale_unix_socket(address)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Wake a worker only once the request's first bytes are in: an idle
+            # connect costs no worker wake-up (Linux; ignored elsewhere).
+            if hasattr(socket, "TCP_DEFER_ACCEPT"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BindError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+        raise BindError(f"cannot bind {bind}: {reason}") from None
+    sock.set_inheritable(True)
+    return Listener(sock, bind, family == socket.AF_UNIX)
+
+
+def bind_all(binds: list[str], backlog: int, reuse_port: bool = False) -> list[Listener]:
+    """Bind every address or none: on a failure, close what was already bound."""
+    listeners: list[Listener] = []
+    try:
+        for bind in binds:
+            listeners.append(bind_one(bind, backlog, reuse_port))
+    except BindError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

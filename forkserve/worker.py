@@ -1,0 +1,299 @@
+"""A sync worker: one process, one thread, one request in the app at a time.
+
+`Worker` is created in the master before fork (it holds only plain values);
+`Worker.run()` runs in the child after fork and never returns: it ends the
+process with a `WorkerExit` code.
+
+The loop is one epoll over the listening sockets, the signal wakeup pipe and
+every parked client connection. Accepting, reading request heads, idling on
+keep-alive and timing out cost no app time; a connection runs the app only
+once its request is complete (DESIGN.md §2 "Keep-alive without pinning a
+worker").
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import setproctitle
+
+from forkserve import loader
+from forkserve.config import Config
+from forkserve.connection import Connection, RequestHooks, ResponseWriter, Settings, State
+from forkserve.environ import ServerFacts
+from forkserve.errors import AppLoadError, WorkerExit
+from forkserve.heartbeat import SlotWriter
+from forkserve.http import Limits
+from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.signals import SignalQueue
+from forkserve.sockets import Listener
+from forkserve.wsgi import FileWrapper
+
+WORKER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGHUP,
+)
+TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
+ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+@dataclass
+class Worker:
+    """One worker process, as the master knows it (plain data, built before fork)."""
+
+    cfg: Config
+    listeners: list[Listener]
+    slot: int
+    heartbeat: Any  # Heartbeats; the worker writes its own slot
+    generation: int = 1
+    app: Callable[..., Any] | None = None  # preloaded in the master, or loaded after fork
+    pid: int = 0
+    booted_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    stopping: bool = False  # the master asked it to stop
+
+    # -- after fork, in the child ----------------------------------------
+    def run(self) -> None:
+        """Post-fork entry point. Never returns."""
+        code = WorkerExit.OK
+        try:
+            code = WorkerLoop(self).serve()
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            code = WorkerExit.APP_LOAD_ERROR
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+        except BaseException:
+            log.critical("worker crashed:\n%s", traceback.format_exc())
+            code = WorkerExit.BOOT_ERROR
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:
+                pass
+        os._exit(int(code))
+
+
+class _Hooks(RequestHooks):
+    """Heartbeat bookkeeping around each request."""
+
+    def __init__(self, slot: SlotWriter) -> None:
+        self.slot = slot
+
+    def started(self, request: h11.Request, environ: dict[str, Any],
+                peer: tuple[str, int] | None) -> None:
+        who = f"{peer[0]}:{peer[1]}" if peer else "unix"
+        text = b"%s %s from %s" % (request.method, request.target[:160], who.encode())
+        self.slot.request_started(time.monotonic(), text)
+
+    def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
+        self.slot.request_finished(time.monotonic())
+
+
+class WorkerLoop:
+    """The serving loop of one worker process (post-fork only)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        cfg = worker.cfg
+        self.cfg = cfg
+        self.master_pid = os.getppid()
+        self.signals = SignalQueue(WORKER_SIGNALS)
+        self.slot = worker.heartbeat.writer(worker.slot)
+        self.hooks = _Hooks(self.slot)
+        self.alive = True
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.conns: dict[int, Connection] = {}
+        self.ready: collections.deque[Connection] = collections.deque()
+        self.settings = Settings(
+            Limits(
+                cfg.limit_request_line,
+                cfg.limit_request_fields,
+                cfg.limit_request_field_size,
+                max(65536, cfg.limit_request_line + 4),
+            ),
+            keepalive=cfg.keepalive,
+            header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
+            write_timeout=cfg.write_timeout,
+            body_buffer_size=cfg.body_buffer_size,
+        )
+        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
+        self.errors = ErrorStream()
+        self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
+        self.epoll = select.epoll()
+        self.last_eviction_log = 0.0
+
+    def boot(self) -> Callable[..., Any]:
+        name = self.cfg.proc_name or self.cfg.app
+        setproctitle.setproctitle(f"forkserve: worker [{name}] gen {self.worker.generation}")
+        app = self.worker.app
+        if app is None:
+            app = loader.load_app(self.cfg.app)
+        for listener in self.worker.listeners:
+            sock = listener.sock
+            sock.setblocking(False)
+            base = self._facts(listener).base_environ(self.errors, FileWrapper)
+            self.listen_socks[sock.fileno()] = (sock, base)
+            self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
+        self.epoll.register(self.signals.read_fd, select.EPOLLIN)
+        return app
+
+    def _facts(self, listener: Listener) -> ServerFacts:
+        if listener.is_unix:
+            return ServerFacts("localhost", "", "http", self.cfg.root_path)
+        host, port = listener.sock.getsockname()[:2]
+        return ServerFacts(str(host), str(port), "http", self.cfg.root_path)
+
+    def serve(self) -> int:
+        app = self.boot()
+        log.info("Booted worker with pid: %d", os.getpid())
+        next_tick = 0.0
+        while self.alive:
+            timeout = 0.0 if self.ready else TICK
+            try:
+                events = self.epoll.poll(timeout)
+            except InterruptedError:
+                events = []
+            now = time.monotonic()
+            for fd, _mask in events:
+                conn = self.conns.get(fd)
+                if conn is not None:
+                    state = conn.on_readable(now)
+                    if state is State.READY:
+                        self.run(conn, app)
+                    elif state is State.CLOSED:
+                        self._forget(conn)
+                elif fd in self.listen_socks:
+                    self.accept(fd, now)
+                elif fd == self.signals.read_fd:
+                    self.handle_signals()
+            for _ in range(len(self.ready)):
+                conn = self.ready.popleft()
+                if conn.state is State.READY:
+                    self.run(conn, app)
+            if now >= next_tick:
+                next_tick = now + TICK
+                self.slot.beat(now)
+                self.sweep(now)
+                if os.getppid() != self.master_pid:
+                    log.warning("Master %d is gone; worker %d exiting", self.master_pid,
+                                os.getpid())
+                    return WorkerExit.ORPHANED
+                if self.draining and (not self.conns or now >= self.drain_deadline):
+                    self.alive = False
+        for conn in list(self.conns.values()):
+            conn.close()
+        return WorkerExit.OK
+
+    def run(self, conn: Connection, app: Callable[..., Any]) -> None:
+        conn.draining = self.draining
+        conn.run(app, self.access_log, self.hooks)
+        if conn.state is State.CLOSED:
+            self._forget(conn)
+        elif conn.state is State.READY:
+            self.ready.append(conn)  # pipelined: after the others, for fairness
+
+    def accept(self, fd: int, now: float) -> None:
+        listener, base = self.listen_socks[fd]
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            peer: tuple[str, int] | None = None
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = (addr[0], addr[1])
+            if len(self.conns) >= self.cfg.worker_connections:
+                self.evict(now)
+            conn = Connection(sock, peer, base, self.settings, now)
+            self.conns[conn.fd] = conn
+            self.epoll.register(conn.fd, select.EPOLLIN)
+            # TCP_DEFER_ACCEPT means the request is usually already here.
+            state = conn.on_readable(now)
+            if state is State.READY:
+                self.ready.append(conn)
+            elif state is State.CLOSED:
+                self._forget(conn)
+
+    def evict(self, now: float) -> None:
+        """At the connection cap: close the connection idle the longest."""
+        idle = [c for c in self.conns.values() if c.state in (State.IDLE, State.HEAD)]
+        if not idle:
+            return
+        victim = min(idle, key=lambda c: (c.state is not State.IDLE, c.last_active))
+        if now - self.last_eviction_log > 1.0:
+            self.last_eviction_log = now
+            log.warning(
+                "worker at --worker-connections=%d: closing the longest idle connection",
+                self.cfg.worker_connections,
+            )
+        victim.close()
+        self._forget(victim)
+
+    def sweep(self, now: float) -> None:
+        """Close connections past their deadline (idle, slow head, slow body, lingering)."""
+        for conn in [c for c in self.conns.values() if c.deadline <= now]:
+            if conn.state in (State.READY,):
+                continue
+            conn.expire(now)
+            if conn.state is State.CLOSED:
+                self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        if self.conns.pop(conn.fd, None) is not None:
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass  # already closed: the kernel dropped it from the epoll set
+        conn.close()
+
+    def handle_signals(self) -> None:
+        for sig in self.signals.drain():
+            if sig == signal.SIGTERM:
+                self.start_draining()
+            elif sig in (signal.SIGINT, signal.SIGQUIT):
+                self.alive = False
+            elif sig == signal.SIGUSR1:
+                setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
+                self.access_log.reopen()
+
+    def start_draining(self) -> None:
+        """Graceful stop: serve what was already accepted, close idle connections, exit."""
+        if self.draining:
+            return
+        self.draining = True
+        self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
+        now = time.monotonic()
+        # Connections the kernel already completed into the backlog: take the ones
+        # this worker can, so they get an answer instead of a reset.
+        for fd in list(self.listen_socks):
+            self.accept(fd, now)
+            self.epoll.unregister(fd)
+            self.listen_socks[fd][0].close()
+        self.listen_socks.clear()
+        for conn in list(self.conns.values()):
+            if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf):
+                self._forget(conn)

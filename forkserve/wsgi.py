@@ -1,0 +1,167 @@
+"""The response side of PEP 3333: `start_response`, header policy, file wrapper.
+
+Pure: nothing here touches a socket. `StartResponse` records what the app
+said and hands body bytes from `write()` to a callable passed in by the
+connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import IO, Any
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+# "200 OK": three digits, a space, a reason of visible characters, SP and HTAB
+# (RFC 9112 §4). h11 writes the reason verbatim, so a CR or LF here would split
+# the response.
+_STATUS = re.compile(r"[1-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+# RFC 9110 §7.6.1 connection-specific fields; PEP 3333 forbids apps from
+# sending them. The server owns framing and connection management.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+class ResponseError(Exception):
+    """The app broke PEP 3333's response rules; the server answers 500 if it can."""
+
+
+def check_status(status: object) -> int:
+    """Validate a WSGI status line; return its code."""
+    if type(status) is not str:
+        raise ResponseError(f"status must be a str, got {type(status).__name__}")
+    if not _STATUS.fullmatch(status):
+        raise ResponseError(f"invalid status line {status!r}")
+    code = int(status[:3])
+    if code < 200:
+        raise ResponseError(f"a WSGI app cannot send informational status {status!r}")
+    return code
+
+
+def clean_headers(headers: object) -> tuple[list[tuple[str, str]], bool, int | None]:
+    """Validate the app's headers and drop hop-by-hop ones.
+
+    Returns (headers to send, whether the app asked to close, Content-Length or None).
+    """
+    if type(headers) is not list:
+        raise ResponseError(f"headers must be a list, got {type(headers).__name__}")
+    out: list[tuple[str, str]] = []
+    close = False
+    content_length: int | None = None
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise ResponseError(f"header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise ResponseError(f"header {item!r}: name and value must be str")
+        if not _TOKEN.fullmatch(name):
+            raise ResponseError(f"invalid header name {name!r}")
+        if _BAD_VALUE_CHAR.search(value):
+            raise ResponseError(f"invalid character in header {name!r} value {value!r}")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection" and "close" in value.lower():
+                close = True
+            continue
+        if lname == "content-length":
+            text = value.strip()
+            if not text.isdigit() or not text.isascii() or content_length is not None:
+                raise ResponseError(f"invalid Content-Length {value!r}")
+            content_length = int(text)
+        out.append((name, value.strip(" \t")))
+    return out, close, content_length
+
+
+class StartResponse:
+    """The `start_response` callable for one request (PEP 3333 §"The start_response() Callable")."""
+
+    __slots__ = (
+        "status",
+        "code",
+        "headers",
+        "close",
+        "content_length",
+        "headers_sent",
+        "_write",
+    )
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.status: str | None = None
+        self.code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.close = False
+        self.content_length: int | None = None
+        self.headers_sent = False
+        self._write = write
+
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    # Too late to change the response: re-raise so the server
+                    # aborts the connection (PEP 3333).
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # break the traceback cycle, as PEP 3333 asks
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        code = check_status(status)
+        cleaned, close, content_length = clean_headers(headers)
+        self.status, self.code = status, code
+        self.headers, self.close, self.content_length = cleaned, close, content_length
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy `write()` callable: body bytes sent right away."""
+        if self.status is None:
+            raise AssertionError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
+        self._write(data)
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: lets the server send a real file with `os.sendfile`."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            data = self.filelike.read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def fileno(self) -> int | None:
+        """The file's descriptor if it is a real file the kernel can send, else None."""
+        try:
+            fd: Any = self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return fd if isinstance(fd, int) else None
