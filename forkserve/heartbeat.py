@@ -69,6 +69,10 @@ class SlotWriter:
         self.offset = index * SLOT_SIZE
         self.requests = 0
 
+    def booted(self, pid: int, now: float) -> None:
+        """The app is loaded and the loop is about to serve: the master sees pid != 0."""
+        struct.pack_into("=qd", self.mem, self.offset, pid, now)
+
     def beat(self, now: float) -> None:
         struct.pack_into("=d", self.mem, self.offset + 8, now)
 

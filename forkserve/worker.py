@@ -66,6 +66,7 @@ class Worker:
     booted_at: float = field(default_factory=time.monotonic)
     ready: bool = False
     stopping: bool = False  # the master asked it to stop
+    boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
 
     # -- after fork, in the child ----------------------------------------
     def run(self) -> None:
@@ -74,12 +75,13 @@ class Worker:
         try:
             code = WorkerLoop(self).serve()
         except AppLoadError as exc:
-            log.error("%s", exc)
+            self.report_boot_error(str(exc))
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
-        except BaseException:
+        except BaseException as exc:
             log.critical("worker crashed:\n%s", traceback.format_exc())
+            self.report_boot_error(f"{type(exc).__name__}: {exc}")
             code = WorkerExit.BOOT_ERROR
         finally:
             try:
@@ -88,6 +90,16 @@ class Worker:
             except Exception:
                 pass
         os._exit(int(code))
+
+    def report_boot_error(self, message: str) -> None:
+        """Tell the master, in one atomic pipe write, why this worker cannot serve."""
+        if self.boot_error_fd < 0:
+            log.error("%s", message)
+            return
+        try:
+            os.write(self.boot_error_fd, message.encode("utf-8", "replace")[:4000] + b"\n")
+        except OSError:
+            log.error("%s", message)
 
 
 class _Hooks(RequestHooks):
@@ -164,6 +176,7 @@ class WorkerLoop:
 
     def serve(self) -> int:
         app = self.boot()
+        self.slot.booted(os.getpid(), time.monotonic())
         log.info("Booted worker with pid: %d", os.getpid())
         next_tick = 0.0
         while self.alive:
