@@ -1,3 +1,4 @@
+# TEAM NOTE (issue-4 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """The master process: keeps the pool of workers at its wanted size.
 
 Runs in the master only; it never imports the request path beyond what a
@@ -229,6 +230,8 @@ class Arbiter:
             log.info("Worker %d %s", worker.pid, how)
             return
         if code in (WorkerExit.APP_LOAD_ERROR, WorkerExit.BOOT_ERROR):
+            if self.phase is not Phase.RUNNING:
+                return  # another worker already reported why: one line is enough
             reason = self.read_boot_error() or "see the log above"
             log.error("Worker failed to boot: %s", reason)
             self.exit_status = 3 if code == WorkerExit.APP_LOAD_ERROR else 1
@@ -245,7 +248,8 @@ class Arbiter:
 
     def read_boot_error(self) -> str:
         try:
-            return os.read(self.boot_errors_r, 65536).decode("utf-8", "replace").strip()
+            text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
+            return text.strip().split("\n", 1)[0]  # each failing worker wrote one line
         except BlockingIOError:
             return ""
 

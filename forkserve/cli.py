@@ -25,11 +25,11 @@ def _options() -> list[click.Parameter]:
         if not meta.flags:
             continue
         if meta.switch:
-            params.append(click.Option(list(meta.flags), name, is_flag=True, default=None,
+            params.append(click.Option([*meta.flags, name], is_flag=True, default=None,
                                        help=meta.help))
         else:
             params.append(
-                click.Option(list(meta.flags), name, multiple=meta.multiple, default=None,
+                click.Option([*meta.flags, name], multiple=meta.multiple, default=None,
                              metavar=meta.metavar or None, help=meta.help)
             )
     return params

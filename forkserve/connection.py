@@ -1,3 +1,4 @@
+# TEAM NOTE (issue-3 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """One client connection in a worker: the only code that reads or writes a client socket.
 
 Runs in a worker, after fork, in its single thread. A connection lives in the
@@ -328,7 +329,9 @@ class Connection:
             body,
         )
         hooks.started(request, environ, self.peer)
-        writer = ResponseWriter(self, environ["REQUEST_METHOD"] == "HEAD", request.http_version)
+        writer = ResponseWriter(
+            self, environ["REQUEST_METHOD"] == "HEAD", request.http_version, body
+        )
         start_response = StartResponse(writer.write_legacy)
         writer.start = start_response
         result: Iterable[bytes] | None = None
@@ -536,10 +539,14 @@ class ResponseWriter:
         "chunked",
         "remaining",
         "status",
+        "body",
     )
 
-    def __init__(self, conn: Connection, head_only: bool, http_version: bytes) -> None:
+    def __init__(
+        self, conn: Connection, head_only: bool, http_version: bytes, body: Body | None = None
+    ) -> None:
         self.conn = conn
+        self.body = body
         self.head_only = head_only
         self.http11 = http_version == b"1.1"
         self.start: StartResponse | None = None
@@ -566,6 +573,10 @@ class ResponseWriter:
         no_body = self.head_only or code in (204, 304)
         length = start.content_length
         if start.close:
+            self.close = True
+        if self.body is not None and self.body.waiting_for_continue:
+            # RFC 9110 §10.1.1: the client will not send the body it announced,
+            # so the connection cannot carry another request.
             self.close = True
         if length is None and code not in (204, 304):
             if body_length is not None:

@@ -181,6 +181,11 @@ class Body:
         self._on_first_read = on_first_read
 
     @property
+    def waiting_for_continue(self) -> bool:
+        """The client waits for 100 Continue and the app never read: no body will come."""
+        return self._on_first_read is not None and self._pull is not None
+
+    @property
     def complete(self) -> bool:
         """True once the whole body has been received (read or not)."""
         return self._pull is None

@@ -47,6 +47,8 @@ class Server:
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO), str(TESTS / "apps"), self.env.get("PYTHONPATH", "")]
         )
+        # A server that breaks PEP 3333 trips wsgiref's validator: make its warnings errors.
+        self.env["PYTHONWARNINGS"] = "error::wsgiref.validate.WSGIWarning"
         self.env.pop("PORT", None)
         self.env.pop("WEB_CONCURRENCY", None)
         if env:
@@ -98,7 +100,7 @@ class Server:
             self.kill()
             raise
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
