@@ -361,6 +361,109 @@ class Config:
         parse=parse_optional_str,
         metavar="NAME",
     )
+    pidfile: str | None = setting(
+        None,
+        "-p",
+        "--pid",
+        help="Write the master's pid to this file (atomically) and remove it on exit. On USR2 "
+        "the old master renames it to FILE.oldbin.",
+        section="Process",
+        parse=parse_optional_str,
+        metavar="FILE",
+    )
+    hooks: str | None = setting(
+        None,
+        "--hooks",
+        help="A Python module (import path) whose functions are server hooks, with gunicorn's "
+        "names: on_starting, when_ready, pre_fork, post_fork, post_worker_init, worker_int, "
+        "worker_abort, pre_exec, pre_request, post_request, child_exit, worker_exit, "
+        "nworkers_changed, on_reload, on_exit. See docs/hooks.md.",
+        section="Process",
+        parse=parse_optional_str,
+        metavar="MODULE",
+    )
+    boot_timeout: float = setting(
+        120.0,
+        "--boot-timeout",
+        help="A worker that has not loaded the app and started serving within this many "
+        "seconds is killed (its stacks logged first) and counted as a failed boot. Separate "
+        "from --timeout: a slow import is not a hung request. 0 turns the check off.",
+        section="Workers",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    max_requests: int = setting(
+        0,
+        "--max-requests",
+        help="Replace a worker after it has served this many requests (0 = never). The "
+        "replacement starts first; the old worker stops once it is serving.",
+        section="Workers",
+        parse=parse_int(0),
+        metavar="INT",
+    )
+    max_requests_jitter: int = setting(
+        0,
+        "--max-requests-jitter",
+        help="Add a random 0..N to each worker's --max-requests, so workers are not all "
+        "replaced at once.",
+        section="Workers",
+        parse=parse_int(0),
+        metavar="INT",
+    )
+    max_worker_memory: int = setting(
+        0,
+        "--max-worker-memory",
+        help="Replace a worker whose resident memory (RSS) exceeds this many MiB, after its "
+        "current request (0 = off).",
+        section="Workers",
+        parse=parse_int(0),
+        metavar="MIB",
+    )
+    max_worker_lifetime: float = setting(
+        0.0,
+        "--max-worker-lifetime",
+        help="Replace a worker after it has run for this many seconds (0 = off).",
+        section="Workers",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    max_worker_lifetime_jitter: float = setting(
+        0.0,
+        "--max-worker-lifetime-jitter",
+        help="Add a random 0..N seconds to each worker's --max-worker-lifetime.",
+        section="Workers",
+        parse=parse_float(0),
+        metavar="SECONDS",
+    )
+    preload_app: bool = setting(
+        False,
+        "--preload/--no-preload",
+        help="Load the app in the master before forking the workers (shares memory copy-on-"
+        "write; HUP then does not reload the app's code). Does not mix with --reload.",
+        section="Application",
+        parse=parse_bool,
+        switch=True,
+    )
+    reload: bool = setting(
+        False,
+        "--reload/--no-reload",
+        help="Development: start a new generation of workers when a Python file under the "
+        "current directory (or a --reload-extra-file) changes. A file that fails to load "
+        "keeps the old workers serving.",
+        section="Application",
+        parse=parse_bool,
+        switch=True,
+    )
+    reload_extra_files: list[str] = setting(
+        [],
+        "--reload-extra-file",
+        help="A file or glob pattern (e.g. 'templates/**/*.html') that also triggers a "
+        "--reload. Repeatable.",
+        section="Application",
+        parse=parse_str,
+        metavar="GLOB",
+        multiple=True,
+    )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
