@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ class Meta:
     metavar: str = ""
     multiple: bool = False  # repeatable flag; a list setting
     switch: bool = False  # boolean flag that takes no value
+    show: Callable[[Any], str] | None = None  # how --print-config and the docs spell a value
 
 
 def setting(
@@ -49,8 +52,9 @@ def setting(
     metavar: str = "",
     multiple: bool = False,
     switch: bool = False,
+    show: Callable[[Any], str] | None = None,
 ) -> Any:
-    meta = Meta(flags, help, section, parse, metavar, multiple, switch)
+    meta = Meta(flags, help, section, parse, metavar, multiple, switch, show)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"forkserve": meta})
     return field(default=default, metadata={"forkserve": meta})
@@ -76,7 +80,8 @@ def parse_workers(text: str) -> int:
     """A positive integer, or `auto`: one per CPU this process may run on."""
     if text.strip().lower() == "auto":
         return max(1, len(os.sched_getaffinity(0)))
-    return parse_int(1)(text)
+    value: int = parse_int(1)(text)
+    return value
 
 
 def parse_float(minimum: float = 0.0) -> Parser:
@@ -147,6 +152,28 @@ def parse_root_path(text: str) -> str:
     value = text.strip().rstrip("/")
     if value and not value.startswith("/"):
         raise ValueError(f"expected a path starting with '/', got {text!r}")
+    return value
+
+
+def parse_umask(text: str) -> int:
+    """An octal file mode mask, spelled as the shell's `umask` does: 022, 0o022 or 0."""
+    value = text.strip().lower()
+    digits = value[2:] if value.startswith("0o") else value
+    if not re.fullmatch(r"[0-7]{1,4}", digits):
+        raise ValueError(f"expected an octal mask such as 022 or 0o077, got {text!r}")
+    return int(digits, 8)
+
+
+def show_umask(value: Any) -> str:
+    return "" if value is None else f"0o{value:03o}"
+
+
+def parse_url_path(text: str) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not value.startswith("/") or "?" in value or "#" in value or " " in value:
+        raise ValueError(f"expected a URL path such as /healthz, got {text!r}")
     return value
 
 
@@ -352,6 +379,65 @@ class Config:
         parse=parse_log_level,
         metavar="LEVEL",
     )
+    reuse_port: bool = setting(
+        False,
+        "--reuse-port/--no-reuse-port",
+        help="Set SO_REUSEPORT on TCP listeners, so several forkserve instances can bind the "
+        "same address and the kernel spreads connections between them.",
+        section="Sockets",
+        parse=parse_bool,
+        switch=True,
+    )
+    umask: int | None = setting(
+        None,
+        "--umask",
+        help="The file mode mask (octal, e.g. 007) set in the master before binding: it "
+        "decides the mode of unix: sockets and of files the app creates. Default: inherited.",
+        section="Process",
+        parse=parse_umask,
+        metavar="MASK",
+        show=show_umask,
+    )
+    user: str | None = setting(
+        None,
+        "-u",
+        "--user",
+        help="Switch to this user (name or uid) after binding the sockets and before starting "
+        "workers, so a root-started server can listen on port 80 and serve unprivileged.",
+        section="Process",
+        parse=parse_optional_str,
+        metavar="USER",
+    )
+    group: str | None = setting(
+        None,
+        "-g",
+        "--group",
+        help="Switch to this group (name or gid) after binding; default: the --user's primary "
+        "group.",
+        section="Process",
+        parse=parse_optional_str,
+        metavar="GROUP",
+    )
+    daemon: bool = setting(
+        False,
+        "-D",
+        "--daemon/--no-daemon",
+        help="Detach from the terminal and run in the background. Do not use it under "
+        "systemd, supervisord, Docker or Kubernetes: they expect the server in the foreground "
+        "and lose track of a process that forks away.",
+        section="Process",
+        parse=parse_bool,
+        switch=True,
+    )
+    health_path: str | None = setting(
+        None,
+        "--health-path",
+        help="A URL path (e.g. /healthz) the worker answers itself, never passing it to the "
+        "app: 200 while it serves, 503 once it drains for a stop or reload. Off by default.",
+        section="Deployment",
+        parse=parse_url_path,
+        metavar="PATH",
+    )
     proc_name: str | None = setting(
         None,
         "-n",
@@ -490,65 +576,219 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def flag_of(name: str) -> str:
+    """The long flag of a setting, as people type it (`--workers`, `--reuse-port`)."""
+    _, meta = SETTINGS[name]
+    return next((f.split("/")[0] for f in meta.flags if f.startswith("--")), name)
+
+
+def _text(raw: Any) -> str:
+    # TOML booleans read back as Python's True/False; show them as they were written.
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, dict):
+        raise ValueError("expected a value, got a table")
+    return str(raw)
+
+
 def _parse(name: str, raw: Any, source: str) -> Any:
     """Turn a raw value from `source` into the setting's value, or fail naming both."""
     _, meta = SETTINGS[name]
-    flag = next((f for f in meta.flags if f.startswith("--")), name)
     try:
         if meta.multiple:
-            items = raw if isinstance(raw, list | tuple) else parse_list(str(raw))
-            return [meta.parse(str(item)) for item in items]
+            items = raw if isinstance(raw, list | tuple) else parse_list(_text(raw))
+            return [meta.parse(_text(item)) for item in items]
         if isinstance(raw, bool) and meta.parse is parse_bool:
             return raw
         if isinstance(raw, list):
-            return meta.parse(",".join(str(r) for r in raw))
-        return meta.parse(str(raw))
+            return meta.parse(",".join(_text(r) for r in raw))
+        return meta.parse(_text(raw))
     except ValueError as exc:
-        raise ConfigError(f"{flag} ({source}): {exc}") from None
+        raise ConfigError(f"{name} ({source}): {exc}") from None
+
+
+# -- the config file layer ---------------------------------------------------
+
+CONFIG_FILE = "forkserve.toml"
+PYPROJECT = "pyproject.toml"
+PYPROJECT_TABLE = ("tool", "forkserve")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """Where the file layer comes from: a path, and the table inside it (pyproject)."""
+
+    path: str
+    table: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} [{'.'.join(self.table)}]" if self.table else self.path
+
+
+def find_config_file(explicit: str | None, cwd: str) -> ConfigFile | None:
+    """`--config FILE`, else ./forkserve.toml, else ./pyproject.toml if it has [tool.forkserve]."""
+    if explicit:
+        return ConfigFile(explicit)
+    if os.path.isfile(os.path.join(cwd, CONFIG_FILE)):
+        return ConfigFile(CONFIG_FILE)
+    pyproject = os.path.join(cwd, PYPROJECT)
+    if os.path.isfile(pyproject):
+        data = _read_toml(pyproject, PYPROJECT)
+        if isinstance(data.get("tool"), dict) and "forkserve" in data["tool"]:
+            return ConfigFile(PYPROJECT, PYPROJECT_TABLE)
+    return None
+
+
+def _read_toml(path: str, shown: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {shown} is not UTF-8: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {shown} is not valid TOML: {exc}") from None
+
+
+_TABLE_RE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_KEY_RE = re.compile(r"""^\s*(["']?)([A-Za-z0-9_-]+)\1\s*=""")
+
+
+def _key_lines(text: str, table: tuple[str, ...]) -> dict[str, int]:
+    """Line number of each key of `table`, so errors can say file:line.
+
+    tomllib keeps no positions; a line scan is enough for the flat tables a
+    config file has (a key inside an inline table or array is not a setting).
+    """
+    want = ".".join(table)
+    current = ""
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _TABLE_RE.match(line)
+        if header:
+            current = ".".join(p.strip().strip("\"'") for p in header.group(1).split("."))
+            continue
+        key = _KEY_RE.match(line)
+        if key and current == want:
+            lines.setdefault(key.group(2), number)
+    return lines
+
+
+def file_layer(where: ConfigFile, cwd: str) -> dict[str, tuple[Any, str]]:
+    """Raw settings from the config file: name -> (TOML value, "path:line")."""
+    full = os.path.join(cwd, where.path)
+    data: Any = _read_toml(full, where.path)
+    for part in where.table:
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.label}: expected a table of settings")
+    with open(full, "rb") as f:
+        lines = _key_lines(f.read().decode("utf-8"), where.table)
+    raw: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        source = f"{where.path}:{lines[key]}" if key in lines else where.label
+        name = key.replace("-", "_")
+        if name not in SETTINGS:
+            raise ConfigError(
+                f"unknown setting {key!r} in {source}{suggest(name, list(SETTINGS))}"
+            )
+        raw[name] = (value, source)
+    return raw
+
+
+# -- the environment layer ---------------------------------------------------
+
+ENV_CMD_ARGS = ENV_PREFIX + "CMD_ARGS"
+# Conventions of containers and PaaS (Heroku, Cloud Run, ...): each ranks below
+# the explicit FORKSERVE_ variable for the same setting. forwarded_allow_ips is
+# gunicorn's name; it applies once that setting is declared.
+ENV_CONVENTIONS = {
+    "PORT": "bind",
+    "WEB_CONCURRENCY": "workers",
+    "SCRIPT_NAME": "root_path",
+    "FORWARDED_ALLOW_IPS": "forwarded_allow_ips",
+}
 
 
 def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    """Settings from the environment: FORKSERVE_<SETTING> plus the container conventions.
+    """Raw settings from the environment: FORKSERVE_<SETTING> plus the container conventions.
 
-    `PORT` and `WEB_CONCURRENCY` (Heroku, Cloud Run, ...) rank below the explicit
-    FORKSERVE_ variables.
+    FORKSERVE_CMD_ARGS is parsed by the command line (`cli.py`), not here.
     """
     raw: dict[str, tuple[Any, str]] = {}
-    if env.get("PORT"):
-        raw["bind"] = ([f"0.0.0.0:{env['PORT']}"], "env PORT")
-    if env.get("WEB_CONCURRENCY"):
-        raw["workers"] = (env["WEB_CONCURRENCY"], "env WEB_CONCURRENCY")
-    if env.get("SCRIPT_NAME"):
-        raw["root_path"] = (env["SCRIPT_NAME"], "env SCRIPT_NAME")
-    known = {env_name(n): n for n in SETTINGS if n != "app"}
+    for var, name in ENV_CONVENTIONS.items():
+        if env.get(var) and name in SETTINGS:
+            value: Any = env[var]
+            if var == "PORT":
+                value = [f"0.0.0.0:{env[var]}"]
+            raw[name] = (value, f"env {var}")
+    known = {env_name(n): n for n in SETTINGS}
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == ENV_CMD_ARGS:
             continue
-        name = known.get(key)
-        if name is None:
+        known_name = known.get(key)
+        if known_name is None:
             raise ConfigError(
-                f"unknown environment variable {key}{suggest(key, list(known))}"
+                f"unknown environment variable {key}{suggest(key, [*known, ENV_CMD_ARGS])}"
             )
-        raw[name] = (value, f"env {key}")
-    return {name: (_parse(name, value, source), source) for name, (value, source) in raw.items()}
+        raw[known_name] = (value, f"env {key}")
+    return raw
 
 
 def load(
-    cli: Mapping[str, Any], env: Mapping[str, str]
+    cli: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Mapping[str, tuple[Any, str]] | None = None,
+    env_args: Mapping[str, Any] | None = None,
 ) -> tuple[Config, dict[str, str]]:
-    """Layer defaults < environment < command line; return settings and provenance.
+    """Layer defaults < config file < environment < command line.
 
+    `file` is `file_layer()`'s result; `env_args` the settings given in
+    FORKSERVE_CMD_ARGS (they rank above the other environment variables);
     `cli` maps setting names to raw values given on the command line (absent =
-    not given). Provenance maps each setting name to where its value came from.
+    not given). Returns the settings and, for each, where its value came from.
     """
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {name: "default" for name in SETTINGS}
+    layers: list[tuple[str, Any, str]] = []
+    for name, (value, source) in (file or {}).items():
+        layers.append((name, value, source))
     for name, (value, source) in env_layer(env).items():
-        values[name] = value
-        origin[name] = source
-    for name, raw in cli.items():
+        layers.append((name, value, source))
+    for name, value in (env_args or {}).items():
+        layers.append((name, value, f"env {ENV_CMD_ARGS} {flag_of(name)}"))
+    for name, value in cli.items():
         if name not in SETTINGS:
             raise ConfigError(f"unknown setting {name!r}{suggest(name, list(SETTINGS))}")
-        values[name] = _parse(name, raw, "command line")
-        origin[name] = "command line"
+        layers.append((name, value, f"command line {flag_of(name)}"))
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {name: "default" for name in SETTINGS}
+    for name, value, source in layers:
+        values[name] = _parse(name, value, source)
+        origin[name] = source
     return Config(**values), origin
+
+
+def show_value(name: str, value: Any) -> str:
+    """A setting's value as TOML, so `--print-config` output can seed a forkserve.toml."""
+    _, meta = SETTINGS[name]
+    if meta.show is not None and value is not None:
+        return json.dumps(meta.show(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)
+
+
+def render(cfg: Config, origin: Mapping[str, str]) -> str:
+    """The effective settings and where each came from, as a commented TOML file."""
+    rows = []
+    for name in SETTINGS:
+        value = getattr(cfg, name)
+        text = f"# {name} is not set" if value is None else f"{name} = {show_value(name, value)}"
+        rows.append((text, origin[name]))
+    width = min(60, max(len(text) for text, _ in rows))
+    return "\n".join(f"{text:<{width}}  # {source}" for text, source in rows) + "\n"

@@ -34,6 +34,7 @@ from forkserve.connection import Connection, RequestHooks, ResponseWriter, Setti
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, WorkerExit
 from forkserve.heartbeat import SlotWriter
+from forkserve.health import with_health_path
 from forkserve.http import Limits
 from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
 from forkserve.signals import SignalQueue
@@ -159,6 +160,7 @@ class WorkerLoop:
         app = self.worker.app
         if app is None:
             app = loader.load_app(self.cfg.app)
+        app = with_health_path(app, self.cfg.health_path, lambda: self.draining)
         for listener in self.worker.listeners:
             sock = listener.sock
             sock.setblocking(False)
