@@ -1,0 +1,120 @@
+"""start_response semantics and response header policy (PEP 3333), table-driven."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from forkserve.wsgi import FileWrapper, ResponseError, StartResponse, check_status, clean_headers
+
+
+def test_start_response_records_and_returns_write() -> None:
+    written: list[bytes] = []
+    sr = StartResponse(written.append)
+    write = sr("201 Created", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    assert sr.code == 201 and sr.status == "201 Created" and sr.content_length == 2
+    write(b"hi")
+    assert written == [b"hi"]
+
+
+def test_second_call_without_exc_info_is_an_error() -> None:
+    sr = StartResponse(lambda b: None)
+    sr("200 OK", [])
+    with pytest.raises(AssertionError):
+        sr("500 Oops", [])
+
+
+def test_exc_info_before_headers_sent_replaces_the_response() -> None:
+    sr = StartResponse(lambda b: None)
+    sr("200 OK", [("X-A", "1")])
+    try:
+        raise ValueError("late failure")
+    except ValueError:
+        sr("500 Internal Server Error", [("X-B", "2")], sys.exc_info())  # type: ignore[arg-type]
+    assert sr.code == 500 and sr.headers == [("X-B", "2")]
+
+
+def test_exc_info_after_headers_sent_reraises() -> None:
+    sr = StartResponse(lambda b: None)
+    sr("200 OK", [])
+    sr.headers_sent = True
+    try:
+        raise KeyError("original")
+    except KeyError:
+        with pytest.raises(KeyError, match="original"):
+            sr("500 Internal Server Error", [], sys.exc_info())  # type: ignore[arg-type]
+
+
+def test_write_before_start_response_and_non_bytes() -> None:
+    sr = StartResponse(lambda b: None)
+    with pytest.raises(AssertionError):
+        sr.write(b"x")
+    sr("200 OK", [])
+    with pytest.raises(TypeError):
+        sr.write("text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "status",
+    ["200", "200OK", "20 OK", "2000 OK", "abc OK", "200 OK\r\nX: y", "200 O\nK", "200 \x00",
+     "200 \x7f", "100 Continue", "099 Low", b"200 OK", "200 \u20ac"],
+)
+def test_invalid_status(status: object) -> None:
+    with pytest.raises(ResponseError):
+        check_status(status)
+
+
+@pytest.mark.parametrize("status", ["200 OK", "404 Not Found", "599 ", "200 caf\u00e9",
+                                    "200 tab\there"])
+def test_valid_status(status: str) -> None:
+    assert check_status(status) == int(status[:3])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-A", "1\r\nSet-Cookie: x=1")],
+        [("X-A", "1\n")],
+        [("X-A", "nul\x00")],
+        [("Bad Name", "v")],
+        [("", "v")],
+        [("X-A:", "v")],
+        [(b"X-A", "v")],
+        [("X-A", 1)],
+        [("X-A", "v", "extra")],
+        (("X-A", "v"),),
+        [("Content-Length", "12x")],
+        [("Content-Length", "1"), ("Content-Length", "1")],
+        [("X-A", "\u20ac")],
+    ],
+)
+def test_invalid_headers(headers: object) -> None:
+    with pytest.raises(ResponseError):
+        clean_headers(headers)
+
+
+def test_hop_by_hop_headers_are_dropped_and_close_is_honoured() -> None:
+    out, close, length = clean_headers(
+        [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
+         ("Upgrade", "h2c"), ("X-Kept", "yes"), ("Content-Length", "5")]
+    )
+    assert out == [("X-Kept", "yes"), ("Content-Length", "5")]
+    assert close is True and length == 5
+
+
+def test_file_wrapper_iterates_and_closes(tmp_path: object) -> None:
+    import io
+
+    closed: list[bool] = []
+
+    class F(io.BytesIO):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    wrapper = FileWrapper(F(b"abcdefgh"), 3)
+    assert list(wrapper) == [b"abc", b"def", b"gh"]
+    assert wrapper.fileno() is None  # BytesIO has no descriptor: no sendfile
+    wrapper.close()
+    assert closed == [True]
