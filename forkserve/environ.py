@@ -78,9 +78,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
         scheme_end = target.find(b"://")
         if scheme_end >= 0:
             slash = target.find(b"/", scheme_end + 3)
-            query = target.find(b"?", scheme_end + 3)
-            if slash < 0 or (0 <= query < slash):
-                rest = target[query:] if query >= 0 else b""
+            qmark = target.find(b"?", scheme_end + 3)
+            if slash < 0 or (0 <= qmark < slash):
+                rest = target[qmark:] if qmark >= 0 else b""
                 target = b"/" + rest
             else:
                 target = target[slash:]

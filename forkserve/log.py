@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -126,7 +126,7 @@ class AtomDict(dict[str, str]):
                 return "-"
             if kind == "e":
                 return str(env.get(name, "-"))
-        simple = {
+        simple: dict[str, Callable[[], str]] = {
             "h": lambda: str(env.get("REMOTE_ADDR") or "-"),
             "l": lambda: "-",
             "u": lambda: _basic_auth_user(env) or "-",

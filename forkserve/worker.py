@@ -1,3 +1,4 @@
+# TEAM NOTE (issue-4 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """A sync worker: one process, one thread, one request in the app at a time.
 
 `Worker` is created in the master before fork (it holds only plain values);
@@ -72,7 +73,7 @@ class Worker:
     # -- after fork, in the child ----------------------------------------
     def run(self) -> None:
         """Post-fork entry point. Never returns."""
-        code = WorkerExit.OK
+        code: int = WorkerExit.OK
         try:
             code = WorkerLoop(self).serve()
         except AppLoadError as exc:
