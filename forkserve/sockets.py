@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from forkserve.errors import BindError
@@ -129,4 +130,39 @@ def bind_all(binds: list[str], backlog: int, reuse_port: bool = False) -> list[L
         for listener in listeners:
             listener.close()
         raise
+    return listeners
+
+
+# A master re-executing itself on USR2 passes its listening sockets to the new
+# master as open fds named here (gunicorn's GUNICORN_FD; nginx's NGINX).
+REEXEC_FDS_ENV = "FORKSERVE_FDS"
+
+
+def inherited_fds(env: MutableMapping[str, str]) -> list[int]:
+    """The listening fds a re-exec'ing master passed us, taken out of `env`.
+
+    Removed so that neither the workers nor a later re-exec see stale numbers.
+    """
+    text = env.pop(REEXEC_FDS_ENV, "")
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BindError(f"{REEXEC_FDS_ENV}={text!r} is not a list of fds") from None
+
+
+def adopt_fds(fds: list[int]) -> list[Listener]:
+    """Listening sockets inherited as open fds: the same accept queues, nothing rebound.
+
+    So no connection is refused while an old master hands over to a new one.
+    """
+    listeners = []
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(f"cannot use inherited fd {fd}: {exc.strerror}") from None
+        sock.set_inheritable(True)
+        is_unix = sock.family == socket.AF_UNIX
+        listeners.append(Listener(sock, f"unix:{sock.getsockname()}" if is_unix else f"fd://{fd}",
+                                  is_unix))
     return listeners
