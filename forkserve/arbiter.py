@@ -1,4 +1,3 @@
-# TEAM NOTE (issue-4 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """The master process: keeps the pool of workers at its wanted size.
 
 Runs in the master only; it never imports the request path beyond what a
@@ -58,8 +57,10 @@ class Arbiter:
     """The master loop (pre-fork setup and the loop itself; master only)."""
 
     def __init__(self, cfg: Config, listeners: list[Listener],
-                 app: Callable[..., Any] | None = None) -> None:
+                 app: Callable[..., Any] | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        self.reload_config = reload_config or (lambda: cfg)
         self.listeners = listeners
         self.app = app
         self.num_workers = cfg.workers

@@ -40,17 +40,23 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None and v != ()}
 
 
-def _run(cfg: Config) -> int:
+def _run(cfg: Config, given: dict[str, Any]) -> int:
     # Imported here so `--help` and `--version` stay fast.
     from forkserve.arbiter import Arbiter
     from forkserve.loader import prepare_path
     from forkserve.log import setup_error_log
-    from forkserve.sockets import bind_all
+    from forkserve.sockets import adopt_fds, bind_all, inherited_fds
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
     prepare_path(cfg.chdir, cfg.pythonpath)
-    listeners = bind_all(cfg.bind, cfg.backlog)
-    return Arbiter(cfg, listeners).run()
+    fds = inherited_fds(os.environ)  # a USR2 re-exec hands its sockets over
+    listeners = adopt_fds(fds) if fds else bind_all(cfg.bind, cfg.backlog)
+
+    def reload_config() -> Config:
+        """HUP: the same command line over the sources as they are now."""
+        return load(given, os.environ)[0]
+
+    return Arbiter(cfg, listeners, reload_config=reload_config).run()
 
 
 def fail(message: str, status: int) -> None:
@@ -64,7 +70,7 @@ def command(**values: Any) -> None:
         raise click.UsageError("missing APP (MODULE:ATTRIBUTE, e.g. myapp:app)")
     try:
         cfg, _origin = load(given, os.environ)
-        status = _run(cfg)
+        status = _run(cfg, given)
     except ForkserveError as exc:
         fail(str(exc), exc.exit_status)
         return
