@@ -26,6 +26,7 @@ from forkserve.config import Config
 from forkserve.errors import WorkerExit
 from forkserve.heartbeat import Heartbeats
 from forkserve.log import log, setup_error_log
+from forkserve.notify import Notifier
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import Listener
 from forkserve.worker import Worker
@@ -58,8 +59,10 @@ class Arbiter:
 
     def __init__(self, cfg: Config, listeners: list[Listener],
                  app: Callable[..., Any] | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier or Notifier(None)  # sd_notify; a no-op outside systemd
         self.reload_config = reload_config or (lambda: cfg)
         self.listeners = listeners
         self.app = app
@@ -111,6 +114,7 @@ class Arbiter:
                     break
                 self.check_heartbeats()
                 self.manage_workers()
+                self.notify_progress()
         finally:
             self.shutdown()
         return self.exit_status
@@ -129,6 +133,8 @@ class Arbiter:
         for sig in self.signals.drain():
             if sig != signal.SIGCHLD:
                 log.info("Handling signal: %s", signal.Signals(sig).name)
+            if sig == signal.SIGHUP and self.phase is Phase.RUNNING:
+                self.notifier.reloading()  # READY=1 follows once the new generation serves
             self.handlers[sig]()
 
     # -- signal handlers (run in the loop, not in signal context) ----------
@@ -275,12 +281,19 @@ class Arbiter:
             self.kill(worker.pid, signal.SIGKILL)
             self.spawn_not_before = 0.0
 
+    def notify_progress(self) -> None:
+        """sd_notify: READY=1 once every current-generation worker serves, STATUS, watchdog."""
+        current = [self.heartbeats.read(w.slot) for w in self.workers.values()
+                   if w.generation == self.generation and not w.stopping]
+        self.notifier.tick(time.monotonic(), current, self.num_workers)
+
     # -- stopping ---------------------------------------------------------
     def stop(self, graceful: bool) -> None:
         if self.phase is Phase.STOPPING and graceful:
             return
         self.phase = Phase.STOPPING
         self.stop_graceful = graceful
+        self.notifier.stopping()
 
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""

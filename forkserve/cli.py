@@ -1,22 +1,38 @@
 """The `forkserve` command, generated from the settings declarations in config.py.
 
 Every option is a plain string to click; `config.load` parses and validates
-it, so a bad value is reported the same way whether it came from a flag or
-the environment: one line naming the setting, the source and what was
-expected.
+it, so a bad value is reported the same way whether it came from a flag, the
+environment or the config file: one line naming the setting, the source and
+what was expected.
+
+Besides the settings, three options act on the configuration itself:
+`--config/-c FILE`, `--print-config` and `--check-config`.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from forkserve import __version__
-from forkserve.config import SETTINGS, Config, load
-from forkserve.errors import ForkserveError
+from forkserve.config import (
+    ENV_CMD_ARGS,
+    SETTINGS,
+    Config,
+    file_layer,
+    find_config_file,
+    load,
+    render,
+)
+from forkserve.errors import ConfigError, ForkserveError
+
+# Options about the configuration, not settings of the server.
+META_OPTIONS = ("config", "print_config", "check_config")
 
 
 def _options() -> list[click.Parameter]:
@@ -32,31 +48,99 @@ def _options() -> list[click.Parameter]:
                 click.Option([*meta.flags, name], multiple=meta.multiple, default=None,
                              metavar=meta.metavar or None, help=meta.help)
             )
+    params += [
+        click.Option(["-c", "--config", "config"], metavar="FILE", default=None,
+                     help="Read settings from this TOML file. Default: ./forkserve.toml, else "
+                     "the [tool.forkserve] table of ./pyproject.toml."),
+        click.Option(["--print-config", "print_config"], is_flag=True, default=None,
+                     help="Print the effective settings and where each came from, then exit."),
+        click.Option(["--check-config", "check_config"], is_flag=True, default=None,
+                     help="Load the settings and the app, report the first error or OK, and "
+                     "exit without serving."),
+    ]
     return params
 
 
-def _given(values: dict[str, Any]) -> dict[str, Any]:
+def _given(values: Mapping[str, Any]) -> dict[str, Any]:
     """Only what was on the command line: click passes None / () for the rest."""
     return {k: v for k, v in values.items() if v is not None and v != ()}
 
 
-def _run(cfg: Config, given: dict[str, Any]) -> int:
-    # Imported here so `--help` and `--version` stay fast.
+def parse_cmd_args(text: str) -> dict[str, Any]:
+    """FORKSERVE_CMD_ARGS (like GUNICORN_CMD_ARGS): flags and values, as on the command line."""
+    try:
+        args = shlex.split(text)
+        ctx = cli.make_context("forkserve", args, resilient_parsing=False)
+    except ValueError as exc:
+        raise ConfigError(f"env {ENV_CMD_ARGS}: {exc}") from None
+    except click.UsageError as exc:
+        raise ConfigError(f"env {ENV_CMD_ARGS}: {exc.format_message()}") from None
+    return _given(ctx.params)
+
+
+def resolve(given: Mapping[str, Any], env: Mapping[str, str], cwd: str
+            ) -> tuple[Config, dict[str, str], str]:
+    """All layers for this invocation: settings, provenance, and the config file used."""
+    env_args = parse_cmd_args(env[ENV_CMD_ARGS]) if env.get(ENV_CMD_ARGS) else {}
+    meta = {k: env_args.pop(k) for k in META_OPTIONS if k in env_args}
+    meta.update({k: given[k] for k in META_OPTIONS if k in given})
+    settings = {k: v for k, v in given.items() if k not in META_OPTIONS}
+    where = find_config_file(meta.get("config"), cwd)
+    file = file_layer(where, cwd) if where else None
+    cfg, origin = load(settings, env, file, env_args)
+    return cfg, origin, where.label if where else ""
+
+
+def check(cfg: Config) -> None:
+    """What --check-config proves: the settings are whole and the app imports."""
+    from forkserve.loader import load_app, prepare_path
+    from forkserve.process import resolve_identity
+
+    resolve_identity(cfg.user, cfg.group)
+    prepare_path(cfg.chdir, cfg.pythonpath)
+    load_app(cfg.app)
+
+
+def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
+    # Imported here so `--help`, `--version` and `--print-config` stay fast.
     from forkserve.arbiter import Arbiter
     from forkserve.loader import prepare_path
-    from forkserve.log import setup_error_log
-    from forkserve.sockets import adopt_fds, bind_all, inherited_fds
+    from forkserve.log import log, setup_error_log
+    from forkserve.notify import Notifier
+    from forkserve.process import daemonize, drop_privileges, resolve_identity
+    from forkserve.sockets import (
+        adopt_fds,
+        bind_all,
+        chown_unix_sockets,
+        inherited_fds,
+        systemd_listeners,
+    )
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
+    identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
+    if cfg.umask is not None:
+        os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
     prepare_path(cfg.chdir, cfg.pythonpath)
-    fds = inherited_fds(os.environ)  # a USR2 re-exec hands its sockets over
-    listeners = adopt_fds(fds) if fds else bind_all(cfg.bind, cfg.backlog)
+    # Where the sockets come from, first match wins: the old master of a USR2
+    # upgrade, systemd socket activation, or our own --bind.
+    fds = inherited_fds(os.environ)
+    listeners = adopt_fds(fds) if fds else systemd_listeners(os.environ, os.getpid())
+    if listeners and not fds:
+        log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
+    if not listeners:
+        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+    if identity is not None:
+        chown_unix_sockets(listeners, identity.uid, identity.gid)
+        drop_privileges(identity)
+    if cfg.daemon:
+        daemonize()
 
     def reload_config() -> Config:
-        """HUP: the same command line over the sources as they are now."""
-        return load(given, os.environ)[0]
+        """HUP: the same command line over the sources (file, environment) as they are now."""
+        return resolve(given, os.environ, launch_dir)[0]
 
-    return Arbiter(cfg, listeners, reload_config=reload_config).run()
+    notifier = Notifier.from_env(os.environ)
+    return Arbiter(cfg, listeners, reload_config=reload_config, notifier=notifier).run()
 
 
 def fail(message: str, status: int) -> None:
@@ -66,11 +150,21 @@ def fail(message: str, status: int) -> None:
 
 def command(**values: Any) -> None:
     given = _given(values)
-    if "app" not in given:
-        raise click.UsageError("missing APP (MODULE:ATTRIBUTE, e.g. myapp:app)")
+    launch_dir = os.getcwd()  # --chdir moves us; the config file is found from here
     try:
-        cfg, _origin = load(given, os.environ)
-        status = _run(cfg, given)
+        cfg, origin, file_label = resolve(given, os.environ, launch_dir)
+        if given.get("print_config"):
+            click.echo(f"# forkserve {__version__}: effective settings "
+                       f"(config file: {file_label or 'none'})")
+            click.echo(render(cfg, origin), nl=False)
+            sys.exit(0)
+        if not cfg.app:
+            raise click.UsageError("missing APP (MODULE:ATTRIBUTE, e.g. myapp:app)")
+        if given.get("check_config"):
+            check(cfg)
+            click.echo(f"forkserve: configuration OK; app {cfg.app!r} loaded")
+            sys.exit(0)
+        status = _run(cfg, given, launch_dir)
     except ForkserveError as exc:
         fail(str(exc), exc.exit_status)
         return
@@ -87,7 +181,8 @@ cli = click.Command(
                      help="Show the version and exit."),
     ],
     help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY()) with a "
-    "pool of prefork sync workers.",
+    "pool of prefork sync workers. Settings come from, lowest to highest: defaults, the "
+    "config file, FORKSERVE_* environment variables, the command line.",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 

@@ -579,7 +579,7 @@ def suggest(name: str, choices: list[str]) -> str:
 def flag_of(name: str) -> str:
     """The long flag of a setting, as people type it (`--workers`, `--reuse-port`)."""
     _, meta = SETTINGS[name]
-    return next((f.split("/")[0] for f in meta.flags if f.startswith("--")), name)
+    return next((f.split("/")[0] for f in meta.flags if f.startswith("--")), name.upper())
 
 
 def _text(raw: Any) -> str:
@@ -703,6 +703,9 @@ def file_layer(where: ConfigFile, cwd: str) -> dict[str, tuple[Any, str]]:
 # -- the environment layer ---------------------------------------------------
 
 ENV_CMD_ARGS = ENV_PREFIX + "CMD_ARGS"
+# FORKSERVE_ variables that are not settings: extra arguments, and the listening
+# fds a USR2 re-exec hands to the new master (sockets.REEXEC_FDS_ENV).
+ENV_NOT_SETTINGS = (ENV_CMD_ARGS, ENV_PREFIX + "FDS")
 # Conventions of containers and PaaS (Heroku, Cloud Run, ...): each ranks below
 # the explicit FORKSERVE_ variable for the same setting. forwarded_allow_ips is
 # gunicorn's name; it applies once that setting is declared.
@@ -728,7 +731,7 @@ def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             raw[name] = (value, f"env {var}")
     known = {env_name(n): n for n in SETTINGS}
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_CMD_ARGS:
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
         known_name = known.get(key)
         if known_name is None:

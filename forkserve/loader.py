@@ -46,7 +46,9 @@ def import_object(spec: str, what: str = "app") -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise AppLoadError(f"cannot import {what} module {module_name!r}: no such module")
+            raise AppLoadError(
+                f"cannot import {what} module {module_name!r}: no such module"
+            ) from None
         raise AppLoadError(
             f"importing {what} module {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc

@@ -120,6 +120,50 @@ def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
     return Listener(sock, bind, family == socket.AF_UNIX)
 
 
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
+
+
+def systemd_listeners(env: MutableMapping[str, str], pid: int) -> list[Listener]:
+    """Adopt the sockets systemd passed (socket activation), or [] when there are none.
+
+    LISTEN_PID must name this process: the variables leak into children, and a
+    child must not take its parent's sockets. Once adopted, the variables are
+    removed from `env` (sd_listen_fds' unset_environment) so the app's own
+    subprocesses do not try to adopt them too.
+    """
+    if env.get("LISTEN_PID") != str(pid) or not env.get("LISTEN_FDS"):
+        return []
+    try:
+        count = int(env["LISTEN_FDS"])
+    except ValueError:
+        raise BindError(f"LISTEN_FDS is not a number: {env['LISTEN_FDS']!r}") from None
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    listeners = []
+    for index in range(count):
+        fd = SD_LISTEN_FDS_START + index
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(f"cannot use socket fd {fd} from systemd: {exc.strerror}") from None
+        if sock.type != socket.SOCK_STREAM:
+            raise BindError(f"socket fd {fd} from systemd is not a stream socket "
+                            "(ListenStream= in the .socket unit)")
+        name = names[index] if index < len(names) and names[index] else ""
+        sock.set_inheritable(True)
+        listeners.append(Listener(sock, f"fd://{fd}" + (f" ({name})" if name else ""),
+                                  sock.family == socket.AF_UNIX))
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(var, None)
+    return listeners
+
+
+def chown_unix_sockets(listeners: list[Listener], uid: int, gid: int) -> None:
+    """Give the unix socket files we created to the user the server runs as."""
+    for listener in listeners:
+        if listener.is_unix and listener.bind.startswith("unix:"):
+            os.chown(listener.bind[5:], uid, gid)
+
+
 def bind_all(binds: list[str], backlog: int, reuse_port: bool = False) -> list[Listener]:
     """Bind every address or none: on a failure, close what was already bound."""
     listeners: list[Listener] = []

@@ -34,8 +34,8 @@ from forkserve.config import Config
 from forkserve.connection import Connection, RequestHooks, ResponseWriter, Settings, State
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, WorkerExit
-from forkserve.heartbeat import SlotWriter
 from forkserve.health import with_health_path
+from forkserve.heartbeat import SlotWriter
 from forkserve.http import Limits
 from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
 from forkserve.signals import SignalQueue
