@@ -127,7 +127,7 @@ SERVERS: dict[str, ServerSpec] = {
         ),
         ServerSpec(
             name="uwsgi",
-            note="C server, --master with N processes on --http-socket (closes after each response)",
+            note="C server: --master, N processes, --http-socket (closes after each response)",
             build=lambda app, port, n: [
                 uwsgi_binary() or "uwsgi", "--http-socket", _bind(port),
                 "--master", "--processes", str(n), "--module", app,
@@ -136,6 +136,10 @@ SERVERS: dict[str, ServerSpec] = {
                 "--disable-logging",
                 # uWSGI 2.0 treats SIGTERM as "reload" unless told otherwise.
                 "--die-on-term",
+                # --http-socket closes after every response but answers
+                # HTTP/1.1 without saying so; wrk then counts a read error for
+                # each request. The header tells clients what happens anyway.
+                "--add-header", "Connection: close",
                 "--need-app",
             ],
             missing=_uwsgi_missing,
@@ -200,12 +204,14 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def log_tail(path: Path, lines: int = 8) -> str:
+def log_tail(path: Path) -> str:
+    """The last line of a server's log (the exception, usually) and where the rest is."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+        lines = []
+    last = lines[-1].strip() if lines else "(empty log)"
+    return f"{last} (log: {path})"
 
 
 def start(spec: ServerSpec, app: str, workers: int, log_dir: Path) -> Running:
