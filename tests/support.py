@@ -213,7 +213,7 @@ def raw_request(
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError, socket.timeout):
+            except (ConnectionResetError, TimeoutError):
                 break
             if not chunk:
                 break

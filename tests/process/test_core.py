@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -467,3 +468,85 @@ def test_version_and_python_m_are_the_same_command() -> None:
         other = subprocess.run([str(script), "--version"], capture_output=True, text=True,
                                timeout=20)
         assert other.stdout == proc.stdout
+
+
+def test_fifty_concurrent_keep_alive_clients(server: Server) -> None:
+    """50 threads, each on its own keep-alive connection, all at once: none starves."""
+    rounds = 20
+    served = [0] * 50
+    worst = [0.0] * 50
+    errors: list[BaseException] = []
+    start = threading.Barrier(50)
+
+    def client(i: int) -> None:
+        try:
+            with socket.create_connection(server.address, timeout=10) as s:
+                start.wait(10)
+                for _ in range(rounds):
+                    t0 = time.monotonic()
+                    s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                    _head, body = read_response(s, timeout=10)
+                    worst[i] = max(worst[i], time.monotonic() - t0)
+                    if body == b"Hello, world!":
+                        served[i] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    assert served == [rounds] * 50
+    assert max(worst) < 10.0
+
+
+def test_access_log_in_gunicorn_format(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    fmt = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s %(p)s'
+    with serve("core_apps:app", "--access-logfile", str(access), "--access-logformat",
+               fmt) as s:
+        requests.get(s.url + "/hello?x=1", headers={"Referer": "http://r/",
+                                                    "User-Agent": "ua/1"},
+                     auth=("alice", "pw"), timeout=5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not access.read_text().strip():
+            time.sleep(0.05)
+    line = access.read_text().strip().splitlines()[-1]
+    m = re.fullmatch(
+        r'127\.0\.0\.1 - alice \[[^\]]+\] "GET /hello\?x=1 HTTP/1\.1" 200 13 '
+        r'"http://r/" "ua/1" (\d+) <(\d+)>', line)
+    assert m, line
+    assert int(m.group(2)) in range(1, 1 << 22)
+
+
+def test_error_logfile_chdir_and_pythonpath(tmp_path: Path) -> None:
+    errors = tmp_path / "error.log"
+    s = Server("core_apps:app", "--chdir", str(TESTS / "apps"), "--pythonpath", str(REPO),
+               "--error-logfile", str(errors), cwd=tmp_path,
+               env={"PYTHONPATH": ""})
+    # The log goes to the file, so readiness is read from there.
+    s.proc = subprocess.Popen(
+        [sys.executable, "-m", "forkserve", "core_apps:app", "--bind", "127.0.0.1:0",
+         "--chdir", str(TESTS / "apps"), "--error-logfile", str(errors)],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "Booted worker" not in (
+            errors.read_text() if errors.exists() else ""
+        ):
+            time.sleep(0.05)
+        text = errors.read_text()
+        url = re.search(r"Listening at: (\S+)", text)
+        assert url, text
+        assert requests.get(url.group(1) + "/hello", timeout=5).text == "Hello, world!"
+    finally:
+        s.kill()
+
+
+def test_script_name_from_the_environment() -> None:
+    with serve("core_apps:app", env={"SCRIPT_NAME": "/mount"}) as s:
+        env = requests.get(s.url + "/mount/echo", timeout=5).json()["environ"]
+        assert env["SCRIPT_NAME"] == "/mount" and env["PATH_INFO"] == "/echo"
