@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import grp
 import json
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forkserve.errors import ConfigError
+from forkserve.proxy import parse_allow_entry
+from forkserve.tls import parse_cert_reqs
 
 Parser = Callable[[str], Any]
 
@@ -122,6 +126,11 @@ def parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def parse_allow_ips(text: str) -> list[str]:
+    """Comma-separated IP addresses, CIDR networks or '*' (checked now, used by proxy.py)."""
+    return [parse_allow_entry(part) for part in parse_list(text)]
+
+
 def parse_bind(text: str) -> str:
     """Validate a bind address; the socket layer turns it into an address."""
     value = text.strip()
@@ -174,6 +183,29 @@ def parse_url_path(text: str) -> str | None:
         return None
     if not value.startswith("/") or "?" in value or "#" in value or " " in value:
         raise ValueError(f"expected a URL path such as /healthz, got {text!r}")
+    return value
+
+
+def parse_user(text: str) -> str | None:
+    """A user name or uid that exists here (checked now, so the error names its source)."""
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except (KeyError, OverflowError):
+        raise ValueError(f"expected an existing user name or uid, got {text!r}") from None
+    return value
+
+
+def parse_group(text: str) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+    except (KeyError, OverflowError):
+        raise ValueError(f"expected an existing group name or gid, got {text!r}") from None
     return value
 
 
@@ -345,6 +377,97 @@ class Config:
         parse=parse_int(16),
         metavar="BYTES",
     )
+    limit_request_head: int = setting(
+        65536,
+        "--limit-request-head",
+        help="Largest request head in bytes (request line and all header fields); larger gets "
+        "431. Also bounds a chunked body's trailer section.",
+        section="HTTP",
+        parse=parse_int(64),
+        metavar="BYTES",
+    )
+    limit_request_body: int = setting(
+        0,
+        "--limit-request-body",
+        help="Largest request body in bytes; larger gets 413, checked against Content-Length "
+        "before the app runs and while a chunked body arrives. 0 means no limit.",
+        section="HTTP",
+        parse=parse_int(0),
+        metavar="BYTES",
+    )
+    forwarded_allow_ips: list[str] = setting(
+        ["127.0.0.1", "::1"],
+        "--forwarded-allow-ips",
+        help="Comma-separated addresses or CIDR networks of proxies whose X-Forwarded-For, "
+        "X-Forwarded-Proto, X-Forwarded-Ssl and Forwarded headers set wsgi.url_scheme and "
+        "REMOTE_ADDR; '*' trusts every peer (only when nothing else can reach forkserve). "
+        "Also read from FORWARDED_ALLOW_IPS.",
+        section="Proxies",
+        parse=parse_allow_ips,
+        metavar="ADDRESSES",
+    )
+    proxy_protocol: bool = setting(
+        False,
+        "--proxy-protocol/--no-proxy-protocol",
+        help="Expect a PROXY protocol header (v1 or v2) at the start of every connection from "
+        "--proxy-allow-ips, and take REMOTE_ADDR/REMOTE_PORT from it. A malformed header "
+        "closes the connection.",
+        section="Proxies",
+        parse=parse_bool,
+        switch=True,
+    )
+    proxy_allow_ips: list[str] = setting(
+        ["127.0.0.1", "::1"],
+        "--proxy-allow-ips",
+        help="Comma-separated addresses or CIDR networks allowed to send a PROXY protocol "
+        "header; '*' allows every peer.",
+        section="Proxies",
+        parse=parse_allow_ips,
+        metavar="ADDRESSES",
+    )
+    certfile: str | None = setting(
+        None,
+        "--certfile",
+        help="Serve HTTPS with this PEM certificate (chain); needs --keyfile unless the key is "
+        "in the same file.",
+        section="TLS",
+        parse=parse_optional_str,
+        metavar="FILE",
+    )
+    keyfile: str | None = setting(
+        None,
+        "--keyfile",
+        help="The PEM private key for --certfile.",
+        section="TLS",
+        parse=parse_optional_str,
+        metavar="FILE",
+    )
+    ca_certs: str | None = setting(
+        None,
+        "--ca-certs",
+        help="PEM file of CA certificates used to verify client certificates.",
+        section="TLS",
+        parse=parse_optional_str,
+        metavar="FILE",
+    )
+    cert_reqs: int = setting(
+        0,
+        "--cert-reqs",
+        help="Whether clients must present a certificate: none (0), optional (1) or required "
+        "(2), verified against --ca-certs.",
+        section="TLS",
+        parse=parse_cert_reqs,
+        metavar="MODE",
+    )
+    ciphers: str | None = setting(
+        None,
+        "--ciphers",
+        help="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults). Default: "
+        "Python's ssl defaults.",
+        section="TLS",
+        parse=parse_optional_str,
+        metavar="CIPHERS",
+    )
     access_logfile: str | None = setting(
         None,
         "--access-logfile",
@@ -405,7 +528,7 @@ class Config:
         help="Switch to this user (name or uid) after binding the sockets and before starting "
         "workers, so a root-started server can listen on port 80 and serve unprivileged.",
         section="Process",
-        parse=parse_optional_str,
+        parse=parse_user,
         metavar="USER",
     )
     group: str | None = setting(
@@ -415,7 +538,7 @@ class Config:
         help="Switch to this group (name or gid) after binding; default: the --user's primary "
         "group.",
         section="Process",
-        parse=parse_optional_str,
+        parse=parse_group,
         metavar="GROUP",
     )
     daemon: bool = setting(
