@@ -32,7 +32,7 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
         else:
             pw = pwd.getpwuid(os.getuid())
     except (KeyError, OverflowError):
-        raise ConfigError(f"user ({'--user'}): no such user {user!r}") from None
+        raise ConfigError(f"user (--user): no such user {user!r}") from None
     gid = pw.pw_gid
     if group:
         try:
