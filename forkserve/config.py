@@ -827,8 +827,9 @@ def file_layer(where: ConfigFile, cwd: str) -> dict[str, tuple[Any, str]]:
 
 ENV_CMD_ARGS = ENV_PREFIX + "CMD_ARGS"
 # FORKSERVE_ variables that are not settings: extra arguments, and the listening
-# fds a USR2 re-exec hands to the new master (sockets.REEXEC_FDS_ENV).
-ENV_NOT_SETTINGS = (ENV_CMD_ARGS, ENV_PREFIX + "FDS")
+# fds and the old master's pid a USR2 re-exec hands to the new master
+# (sockets.REEXEC_FDS_ENV, arbiter.OLD_MASTER_ENV).
+ENV_NOT_SETTINGS = (ENV_CMD_ARGS, ENV_PREFIX + "FDS", ENV_PREFIX + "OLD_MASTER")
 # Conventions of containers and PaaS (Heroku, Cloud Run, ...): each ranks below
 # the explicit FORKSERVE_ variable for the same setting. forwarded_allow_ips is
 # gunicorn's name; it applies once that setting is declared.

@@ -79,35 +79,15 @@ class Notifier:
             log.debug("sd_notify to %s failed: %s", self.address, exc)
 
     # -- state changes, called by the arbiter ----------------------------
-    def tick(self, now: float, current: Iterable[SlotView], wanted: int) -> None:
-        """Called on each master loop turn with the heartbeat slots of the current generation.
-
-        Sends READY=1 when all `wanted` workers have booted, a STATUS line when
-        it changed, and a watchdog ping when due.
-        """
-        if self.sock is None:
+    def ready(self) -> None:
+        """Every worker of the current generation has loaded the app and serves."""
+        if self.sock is None or self.is_stopping:
             return
-        slots = list(current)
-        booted = sum(1 for s in slots if s.pid)
-        requests = sum(s.requests for s in slots)
-        if not self.is_ready and not self.is_stopping and wanted and booted >= wanted:
-            self.is_ready = True
-            self.send("READY=1", f"MAINPID={os.getpid()}")
-        if self.is_stopping:
-            status = "Stopping"
-        elif self.is_ready:
-            status = f"Serving: {booted} workers, {requests} requests"
-        else:
-            status = f"Booting: {booted} of {wanted} workers ready"
-        if status != self.last_status:
-            self.last_status = status
-            self.send(f"STATUS={status}")
-        if self.watchdog_interval and now >= self.next_ping:
-            self.next_ping = now + self.watchdog_interval
-            self.send("WATCHDOG=1")
+        self.is_ready = True
+        self.send("READY=1", f"MAINPID={os.getpid()}")
 
     def reloading(self) -> None:
-        """A HUP reload starts: READY=1 follows from `tick` once the new workers serve."""
+        """A HUP reload starts; `ready()` follows once the new generation serves."""
         if self.sock is None or self.is_stopping:
             return
         self.is_ready = False
@@ -119,5 +99,33 @@ class Notifier:
             return
         self.is_stopping = True
         self.send("STOPPING=1")
-        self.last_status = "Stopping"
-        self.send("STATUS=Stopping")
+        self.status("Stopping")
+
+    def status(self, text: str) -> None:
+        if text != self.last_status:
+            self.last_status = text
+            self.send(f"STATUS={text}")
+
+    def tick(self, now: float, current: Iterable[SlotView], wanted: int) -> None:
+        """Each master loop turn, with the heartbeat slots of the current generation.
+
+        Sends READY=1 once all `wanted` workers have booted (a booted worker's
+        slot carries its pid), a STATUS line when it changed, and a watchdog
+        ping when due.
+        """
+        if self.sock is None:
+            return
+        slots = list(current)
+        serving = sum(1 for slot in slots if slot.pid)
+        requests = sum(slot.requests for slot in slots)
+        if not self.is_ready and not self.is_stopping and wanted and serving >= wanted:
+            self.ready()
+        if self.is_stopping:
+            pass
+        elif self.is_ready:
+            self.status(f"Serving: {serving} workers, {requests} requests")
+        else:
+            self.status(f"Starting workers: {serving} of {wanted} serving")
+        if self.watchdog_interval and now >= self.next_ping:
+            self.next_ping = now + self.watchdog_interval
+            self.send("WATCHDOG=1")
