@@ -118,6 +118,13 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
+    if cfg.certfile:
+        from forkserve.tls import make_context
+
+        # Load the certificate now: a bad path or key is one line and exit 2,
+        # not workers failing after fork. Each worker loads its own copy after
+        # fork (so HUP picks up renewed certificates), as the --user it runs as.
+        make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
     if cfg.umask is not None:
         os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
     prepare_path(cfg.chdir, cfg.pythonpath)

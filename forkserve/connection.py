@@ -1,16 +1,18 @@
-# TEAM NOTE (issue-3 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """One client connection in a worker: the only code that reads or writes a client socket.
 
 Runs in a worker, after fork, in its single thread. A connection lives in the
-worker's selector while its request head (and a small body) is still
-arriving, or while it is idle between keep-alive requests; none of that costs
-the worker any time. Only once a request is complete does `run()` call the
-app, with the socket read and written under deadlines so a client that stops
-reading or sending cannot hold the worker past them.
+worker's selector while its TLS handshake, PROXY protocol header, request
+head (and a small body) are still arriving, or while it is idle between
+keep-alive requests; none of that costs the worker any time. Only once a
+request is complete does `run()` call the app, with the socket read and
+written under deadlines so a client that stops reading or sending cannot hold
+the worker past them.
 
-h11 parses each request (a fresh `h11.Connection` per request costs 0.7 µs);
-forkserve writes responses itself from the already validated status and
-headers, which also saves h11's 17 µs send path per request.
+h11 parses each request head, after `http.check_head` has refused what h11
+would let through; bodies are framed by `http`'s own strict decoders (h11's
+chunked parser accepts malformed chunk extensions and trailers). forkserve
+writes responses itself from the already validated status and headers, which
+also saves h11's 17 µs send path per request.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import resource
 import select
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -30,10 +34,22 @@ from typing import Any
 import h11
 
 from forkserve import SERVER_SOFTWARE
+from forkserve.config import Config
 from forkserve.environ import Body, ServerFacts, build_environ
 from forkserve.errors import HTTPError
-from forkserve.http import HeadFacts, Limits, check_head, find_head_end, strip_leading_empty_lines
+from forkserve.http import (
+    BodyDecoder,
+    ChunkedDecoder,
+    HeadFacts,
+    LengthDecoder,
+    Limits,
+    check_head,
+    find_head_end,
+    strip_leading_empty_lines,
+)
 from forkserve.log import AccessLog, log
+from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
+from forkserve.tls import make_context
 from forkserve.wsgi import FileWrapper, ResponseError, StartResponse
 
 RECV_SIZE = 65536
@@ -41,6 +57,7 @@ RECV_SIZE = 65536
 # connection is closed instead (reading it would only waste the worker).
 MAX_DRAIN = 256 * 1024
 LINGER_SECONDS = 2.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 REASONS = {
     400: "Bad Request",
@@ -57,10 +74,10 @@ REASONS = {
 
 
 class State(enum.Enum):
-    """Where a connection is in its life (only RUNNING holds the worker)."""
+    """Where a connection is in its life (only READY, once run, holds the worker)."""
 
     IDLE = "idle"  # keep-alive, waiting for the next request's first byte
-    HEAD = "head"  # part of a request head has arrived
+    HEAD = "head"  # TLS handshake, PROXY header or part of a request head is arriving
     BODY = "body"  # head done, a small body is being received before the app runs
     READY = "ready"  # a complete request waits for its turn
     CLOSING = "closing"  # answered with an error; reading the rest before closing
@@ -77,7 +94,7 @@ class ClientGone(Exception):
 
 @dataclass
 class Settings:
-    """The few values a connection needs (not the whole config)."""
+    """The few values a connection needs (not the whole config); built once per worker."""
 
     limits: Limits
     keepalive: float
@@ -85,6 +102,9 @@ class Settings:
     body_timeout: float
     write_timeout: float
     body_buffer_size: int
+    forwarded: AllowList | None = None  # peers whose X-Forwarded-*/Forwarded are believed
+    proxy_protocol: AllowList | None = None  # peers that must send a PROXY header; None = off
+    tls: ssl.SSLContext | None = None
 
 
 class DateCache:
@@ -118,6 +138,9 @@ def error_response(status: int, detail: str = "") -> bytes:
     ).encode("ascii") + body
 
 
+_NO_BODY = LengthDecoder(0)  # never fed: requests without a body get their own
+
+
 class Connection:
     """A client socket and the request cycle on it."""
 
@@ -131,16 +154,21 @@ class Connection:
         "buf",
         "scan",
         "deadline",
+        "body_deadline",
         "last_active",
-        "parser",
         "request",
         "facts",
+        "decoder",
         "body_chunks",
         "body_size",
-        "body_done",
         "keep_alive",
         "requests",
         "draining",
+        "handshaking",
+        "proxy_pending",
+        "forward_trusted",
+        "tls",
+        "peer_closed",
     )
 
     def __init__(
@@ -151,8 +179,16 @@ class Connection:
         settings: Settings,
         now: float,
     ) -> None:
-        self.sock = sock
         self.fd = sock.fileno()
+        self.tls = settings.tls is not None
+        self.handshaking = False
+        if settings.tls is not None:
+            # The handshake runs non-blocking while parked, under the head deadline,
+            # so a client that never finishes it costs the worker nothing.
+            sock = settings.tls.wrap_socket(sock, server_side=True,
+                                            do_handshake_on_connect=False)
+            self.handshaking = True
+        self.sock = sock
         self.peer = peer
         self.base = base
         self.settings = settings
@@ -160,118 +196,200 @@ class Connection:
         self.buf = bytearray()
         self.scan = 0
         self.deadline = now + settings.header_timeout
+        self.body_deadline = 0.0
         self.last_active = now
-        self.parser: h11.Connection | None = None
         self.request: h11.Request | None = None
         self.facts: HeadFacts | None = None
+        self.decoder: BodyDecoder = _NO_BODY
         self.body_chunks: list[bytes] = []
         self.body_size = 0
-        self.body_done = False
         self.keep_alive = True
         self.requests = 0
         self.draining = False
+        self.peer_closed = False
+        self.proxy_pending = (
+            settings.proxy_protocol is not None and settings.proxy_protocol.trusts(peer)
+        )
+        self.forward_trusted = (
+            settings.forwarded is not None and settings.forwarded.trusts(peer)
+        )
+
+    @property
+    def body_done(self) -> bool:
+        return self.decoder.done
 
     # -- receiving, while parked in the selector -------------------------
     def on_readable(self, now: float) -> State:
         """Read what the socket has and advance; returns the new state."""
+        state = self.state
+        if state is State.READY:
+            return state  # its turn comes; the bytes wait in the kernel until then
+        if self.handshaking and not self._handshake():
+            return self.state
         try:
             data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return self.state
+            if self.tls and data:
+                # A TLS record may hold more than one recv returned; epoll would
+                # not wake us for bytes already inside OpenSSL.
+                while self.sock.pending():  # type: ignore[attr-defined]
+                    data += self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return state
         except OSError:
             self.close()
             return self.state
-        if self.state is State.CLOSING:
+        if state is State.CLOSING:
             if not data:
                 self.close()
             return self.state
         if not data:
-            if self.state is State.BODY:
+            if state is State.BODY:
                 self.refuse(400, "client closed during the request body")
             else:
                 self.close()
             return self.state
         self.last_active = now
-        if self.state is State.IDLE:
+        if state is State.IDLE:
             self.state = State.HEAD
             self.deadline = now + self.settings.header_timeout
         if self.state is State.HEAD:
             self.buf += data
             return self.advance_head(now)
         if self.state is State.BODY:
-            assert self.parser is not None
-            self.parser.receive_data(data)
-            return self.advance_body()
+            return self.advance_body(data)
         return self.state
+
+    def _handshake(self) -> bool:
+        """One non-blocking step of the TLS handshake; True once it is done."""
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # WantWrite would need the socket writable; a handshake flight is a few
+            # KiB against a send buffer of 16 KiB or more, so in practice only
+            # WantRead happens, and the head deadline bounds the rest.
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            # Plain HTTP on the TLS port, a protocol or cipher mismatch, a client
+            # that hangs up: nothing to answer in a protocol both sides speak.
+            log.debug("TLS handshake with %s failed: %s", self.peer, exc)
+            self.close()
+            return False
+        self.handshaking = False
+        return True
 
     def advance_head(self, now: float) -> State:
         """Look for a complete head in `buf`; validate it and hand it to h11."""
         try:
+            if self.proxy_pending and not self._proxy_header():
+                return self.state
             skip = strip_leading_empty_lines(self.buf)
             if skip:
                 del self.buf[:skip]
                 self.scan = 0
-            end = find_head_end(self.buf, self.scan, self.settings.limits)
+            limits = self.settings.limits
+            end = find_head_end(self.buf, self.scan, limits)
             if end < 0:
                 self.scan = len(self.buf)
                 return self.state
-            facts = check_head(bytes(self.buf[:end]), self.settings.limits)
-            parser = h11.Connection(
-                h11.SERVER, max_incomplete_event_size=self.settings.limits.head + 1
-            )
-            parser.receive_data(bytes(self.buf))
-            self.buf = bytearray()
-            self.scan = 0
+            head = bytes(self.buf[:end])
+            rest = bytes(self.buf[end:])
+            facts = check_head(head, limits)
+            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.head + 1)
+            parser.receive_data(head)
             event = parser.next_event()
             if not isinstance(event, h11.Request):
                 raise HTTPError(400, f"unexpected {type(event).__name__}")
+            self.buf = bytearray()
+            self.scan = 0
+            length = facts.content_length
+            if limits.body and length is not None and length > limits.body:
+                raise HTTPError(413, "Content-Length larger than --limit-request-body")
         except HTTPError as exc:
             self.refuse(exc.status, exc.detail)
             return self.state
         except h11.RemoteProtocolError as exc:
             self.refuse(exc.error_status_hint, str(exc))
             return self.state
-        self.parser, self.request, self.facts = parser, event, facts
-        self.body_chunks, self.body_size, self.body_done = [], 0, False
+        self.request, self.facts = event, facts
+        self.body_chunks, self.body_size = [], 0
         self.keep_alive = _wants_keep_alive(event) and self.settings.keepalive > 0
-        has_body = facts.chunked or bool(facts.content_length)
-        if not has_body:
-            self.body_done = True
+        if facts.chunked:
+            self.decoder = ChunkedDecoder(limits)
+        else:
+            self.decoder = LengthDecoder(length or 0)
+        self.body_deadline = now + self.settings.body_timeout
+        if self.decoder.done:
+            self.decoder.decode(rest)  # keeps a pipelined request for later
             self.state = State.READY
             return self.state
-        if facts.expect_continue or (facts.content_length or 0) > self.settings.body_buffer_size:
-            # The app decides whether to read it (100-continue), or it is too
-            # large to hold: stream it to the app as it arrives.
-            self.state = State.READY
-            return self.state
+        buffer_size = self.settings.body_buffer_size
+        if facts.expect_continue:
+            if length is not None and length > buffer_size:
+                # Too large to hold: the app decides whether to read it, and
+                # 100 Continue goes out when it first does (RFC 9110 §10.1.1).
+                return self._stream_rest(rest)
+            # Small, or chunked: receive it parked, like any other small body.
+            try:
+                sent = self.sock.send(CONTINUE)
+            except OSError:
+                sent = 0
+            if sent != len(CONTINUE):
+                self.close()
+                return self.state
+            self.facts = facts = HeadFacts(facts.method, facts.http11, facts.chunked,
+                                           facts.content_length, False)
+        elif length is not None and length > buffer_size:
+            return self._stream_rest(rest)  # too large to hold: streamed to the app
         self.state = State.BODY
-        self.deadline = now + self.settings.body_timeout
-        return self.advance_body()
+        self.deadline = self.body_deadline
+        return self.advance_body(rest)
 
-    def advance_body(self) -> State:
-        """Take decoded body pieces from h11 until the body ends or the buffer is full."""
-        assert self.parser is not None
+    def _stream_rest(self, rest: bytes) -> State:
+        """A body to stream: whatever already arrived is decoded now, the rest on demand."""
+        self.body_chunks = []
+        if rest:
+            try:
+                self.body_chunks = self.decoder.decode(rest)
+            except HTTPError as exc:
+                self.refuse(exc.status, exc.detail)
+                return self.state
+            self.body_size = sum(len(c) for c in self.body_chunks)
+        self.state = State.READY
+        return self.state
+
+    def _proxy_header(self) -> bool:
+        """Take the PROXY protocol header off `buf`; False while it is incomplete."""
         try:
-            while True:
-                event = self.parser.next_event()
-                if event is h11.NEED_DATA:
-                    return self.state
-                if isinstance(event, h11.Data):
-                    self.body_chunks.append(bytes(event.data))
-                    self.body_size += len(event.data)
-                    if self.body_size >= self.settings.body_buffer_size:
-                        self.state = State.READY  # stream the rest
-                        return self.state
-                elif isinstance(event, h11.EndOfMessage):
-                    self.body_done = True
-                    self.state = State.READY
-                    return self.state
-                else:
-                    raise HTTPError(400, f"unexpected {type(event).__name__} in body")
+            parsed = parse_proxy_header(self.buf)
+        except ProxyProtocolError as exc:
+            log.debug("closing %s: %s", self.peer, exc)
+            self.close()
+            return False
+        if parsed is None:
+            return False
+        consumed, address = parsed
+        del self.buf[:consumed]
+        self.proxy_pending = False
+        if address is not None:
+            self.peer = address
+            forwarded = self.settings.forwarded
+            self.forward_trusted = forwarded is not None and forwarded.trusts(address)
+        return True
+
+    def advance_body(self, data: bytes) -> State:
+        """Decode body bytes into the buffer until the body ends or the buffer is full."""
+        try:
+            pieces = self.decoder.decode(data)
         except HTTPError as exc:
             self.refuse(exc.status, exc.detail)
-        except h11.RemoteProtocolError as exc:
-            self.refuse(exc.error_status_hint, str(exc))
+            return self.state
+        for piece in pieces:
+            self.body_chunks.append(piece)
+            self.body_size += len(piece)
+        if self.decoder.done or self.body_size >= self.settings.body_buffer_size:
+            self.state = State.READY  # complete, or the rest is streamed to the app
         return self.state
 
     def expire(self, now: float) -> None:
@@ -314,11 +432,11 @@ class Connection:
         Afterwards the connection is IDLE (keep-alive), READY (a pipelined
         request is already buffered), or closed.
         """
-        request, parser = self.request, self.parser
-        assert request is not None and parser is not None
+        request = self.request
+        assert request is not None
         started = time.monotonic()
         now_wall = time.time()
-        body = self._make_body(parser)
+        body = self._make_body()
         environ = build_environ(
             self.base,
             request.method,
@@ -328,10 +446,16 @@ class Connection:
             self.peer,
             body,
         )
+        if self.forward_trusted:
+            assert self.settings.forwarded is not None
+            try:
+                apply_forwarded(environ, self.settings.forwarded)
+            except HTTPError as exc:
+                self.request = None
+                self.refuse(exc.status, exc.detail)
+                return
         hooks.started(request, environ, self.peer)
-        writer = ResponseWriter(
-            self, environ["REQUEST_METHOD"] == "HEAD", request.http_version, body
-        )
+        writer = ResponseWriter(self, environ["REQUEST_METHOD"] == "HEAD", request.http_version)
         start_response = StartResponse(writer.write_legacy)
         writer.start = start_response
         result: Iterable[bytes] | None = None
@@ -347,7 +471,11 @@ class Connection:
                         log.exception("Error closing the response iterable of %s %s",
                                       environ["REQUEST_METHOD"], environ["RAW_URI"])
         except (ClientGone, WriteTimeout) as exc:
-            log.debug("client %s gone: %s", self.peer, exc)
+            log.log(
+                30 if isinstance(exc, WriteTimeout) else 10,  # WARNING / DEBUG
+                "%s %s: client %s: %s", environ["REQUEST_METHOD"], environ["RAW_URI"],
+                self.peer, exc,
+            )
             writer.broken = True
         except BodyError as exc:
             writer.fail(exc.status, f"request body: {exc.detail}", log_traceback=False)
@@ -361,8 +489,8 @@ class Connection:
                              now_wall, now_wall + (finished - started))
         self._finish_cycle(body, writer, finished)
 
-    def _make_body(self, parser: h11.Connection) -> Body:
-        if self.body_done:
+    def _make_body(self) -> Body:
+        if self.decoder.done:
             return Body(self.body_chunks)
         facts = self.facts
         assert facts is not None
@@ -370,38 +498,37 @@ class Connection:
         return Body(self.body_chunks, self._pull_body, continue_cb)
 
     def _send_continue(self) -> None:
-        self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.send_all(CONTINUE)
 
     def _pull_body(self) -> bytes:
-        """Next decoded body piece for `wsgi.input`, reading the socket under the body deadline."""
-        parser = self.parser
-        assert parser is not None
-        deadline = time.monotonic() + self.settings.body_timeout
-        while True:
+        """Next decoded body piece for `wsgi.input`, read under the body deadline."""
+        decoder = self.decoder
+        while not decoder.done:
+            data = self.recv_within(self.body_deadline)
+            if not data:
+                self.peer_closed = True
+                raise BodyError(400, "client closed during the request body")
             try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise BodyError(exc.error_status_hint, str(exc)) from None
-            if isinstance(event, h11.Data):
-                return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage):
-                self.body_done = True
-                return b""
-            if event is not h11.NEED_DATA:
-                raise BodyError(400, f"unexpected {type(event).__name__} in body")
-            data = self.recv_within(deadline)
-            parser.receive_data(data)
+                pieces = decoder.decode(data)
+            except HTTPError as exc:
+                raise BodyError(exc.status, exc.detail) from None
+            if pieces:
+                return b"".join(pieces) if len(pieces) > 1 else pieces[0]
+        return b""
 
     def recv_within(self, deadline: float) -> bytes:
         """Blocking read with a deadline, on the non-blocking socket."""
         while True:
+            events = select.POLLIN
             try:
                 return self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 pass
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
-            if not _wait(self.fd, select.POLLIN, deadline):
+            if not _wait(self.fd, events, deadline):
                 raise BodyError(408, "timed out reading the request body")
 
     def send_all(self, data: bytes | memoryview) -> None:
@@ -409,21 +536,26 @@ class Connection:
         view = memoryview(data)
         deadline = 0.0
         while view:
+            events = select.POLLOUT
             try:
                 sent = self.sock.send(view)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
                 sent = 0
+            except ssl.SSLWantReadError:
+                sent, events = 0, select.POLLIN
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
-            view = view[sent:]
-            if view:
-                if not deadline:
-                    deadline = time.monotonic() + self.settings.write_timeout
-                if not _wait(self.fd, select.POLLOUT, deadline):
-                    raise WriteTimeout("client did not read the response in time")
+            if sent:
+                view = view[sent:]
+                deadline = 0.0  # progress: the write timeout counts from the last byte out
+                continue
+            if not deadline:
+                deadline = time.monotonic() + self.settings.write_timeout
+            if not _wait(self.fd, events, deadline):
+                raise WriteTimeout("client did not read the response in time")
 
     def sendfile(self, fd: int, offset: int, count: int) -> int:
-        """Send `count` bytes of a file with os.sendfile; returns bytes sent."""
+        """Send `count` bytes of a file with os.sendfile; returns bytes sent (plain TCP only)."""
         total = 0
         deadline = 0.0
         while total < count:
@@ -452,20 +584,20 @@ class Connection:
         self.request = None
         self.facts = None
         self.body_chunks = []
-        keep = self.keep_alive and not writer.close and not writer.broken and not self.draining
-        if keep and not self.body_done:
+        keep = (self.keep_alive and not writer.close and not writer.broken
+                and not self.draining and not self.peer_closed)
+        if keep and not self.decoder.done:
             try:
-                keep = body.drain(MAX_DRAIN) and self.body_done
+                keep = body.drain(MAX_DRAIN) and self.decoder.done
             except (BodyError, ClientGone):
                 keep = False
-        parser = self.parser
-        self.parser = None
-        if not keep or parser is None:
+        decoder, self.decoder = self.decoder, _NO_BODY
+        if not keep:
             self.close()
             return
-        # Bytes after this request (a pipelined next request) stay in h11's
-        # buffer: take them back for the next head.
-        rest, closed = parser.trailing_data
+        # Bytes after this request (a pipelined next request) stay with the
+        # body decoder: take them back for the next head.
+        rest = decoder.rest
         self.buf = bytearray(rest)
         self.scan = 0
         self.last_active = now
@@ -473,8 +605,6 @@ class Connection:
             self.state = State.HEAD
             self.deadline = now + self.settings.header_timeout
             self.advance_head(now)
-        elif closed:
-            self.close()
         else:
             self.state = State.IDLE
             self.deadline = now + self.settings.keepalive
@@ -680,6 +810,8 @@ class ResponseWriter:
             )
 
     def _try_sendfile(self, wrapper: FileWrapper) -> bool:
+        if self.conn.tls:
+            return False  # the kernel cannot encrypt: iterate the file through ssl instead
         fd = wrapper.fileno()
         if fd is None:
             return False
@@ -754,3 +886,42 @@ def process_request_bytes(app: Callable[..., Any], raw: bytes) -> bytes:
     finally:
         client.close()
         server.close()
+
+
+def settings_from(cfg: Config) -> Settings:
+    """A worker's connection settings, built once after fork from its config."""
+    tls = None
+    if cfg.certfile:
+        tls = make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
+    return Settings(
+        Limits(
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+            cfg.limit_request_head,
+            cfg.limit_request_body,
+        ),
+        keepalive=cfg.keepalive,
+        header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+        write_timeout=cfg.write_timeout,
+        body_buffer_size=cfg.body_buffer_size,
+        forwarded=AllowList(cfg.forwarded_allow_ips),
+        proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
+        tls=tls,
+    )
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (at worker start).
+
+    Every parked connection is a descriptor; the common soft default of 1024
+    would make --worker-connections=1000 plus the app's own files fail with
+    EMFILE long before the kernel's real (hard) limit.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # not allowed here (e.g. hard is unlimited but capped by the kernel)

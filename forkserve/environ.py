@@ -152,6 +152,11 @@ def build_environ(
             environ[key] = environ[key] + sep + text
         else:
             environ[key] = text
+    if target[:1] != b"/" and b"://" in target:
+        # RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore
+        # Host and use the target's authority (http.check_head validated it).
+        authority = target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
+        environ["HTTP_HOST"] = authority.split(b"#", 1)[0].decode("latin-1")
     host = environ.get("HTTP_HOST")
     if host:
         default_port = "443" if environ["wsgi.url_scheme"] == "https" else "80"
