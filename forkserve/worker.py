@@ -31,12 +31,18 @@ import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config
-from forkserve.connection import Connection, RequestHooks, ResponseWriter, Settings, State
+from forkserve.connection import (
+    Connection,
+    RequestHooks,
+    ResponseWriter,
+    State,
+    raise_fd_limit,
+    settings_from,
+)
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
-from forkserve.http import Limits
 from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
@@ -136,19 +142,7 @@ class WorkerLoop:
         self.drain_deadline = 0.0
         self.conns: dict[int, Connection] = {}
         self.ready: collections.deque[Connection] = collections.deque()
-        self.settings = Settings(
-            Limits(
-                cfg.limit_request_line,
-                cfg.limit_request_fields,
-                cfg.limit_request_field_size,
-                max(65536, cfg.limit_request_line + 4),
-            ),
-            keepalive=cfg.keepalive,
-            header_timeout=cfg.header_timeout,
-            body_timeout=cfg.body_timeout,
-            write_timeout=cfg.write_timeout,
-            body_buffer_size=cfg.body_buffer_size,
-        )
+        self.settings = settings_from(cfg)
         self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
@@ -158,6 +152,7 @@ class WorkerLoop:
     def boot(self) -> Callable[..., Any]:
         name = self.cfg.proc_name or self.cfg.app
         setproctitle.setproctitle(f"forkserve: worker [{name}] gen {self.worker.generation}")
+        raise_fd_limit()
         app = self.worker.app
         if app is None:
             app = loader.load_app(self.cfg.app)
@@ -173,9 +168,11 @@ class WorkerLoop:
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:
-            return ServerFacts("localhost", "", "http", self.cfg.root_path)
+            return ServerFacts("localhost", "", "https" if self.cfg.certfile else "http",
+                               self.cfg.root_path)
         host, port = listener.sock.getsockname()[:2]
-        return ServerFacts(str(host), str(port), "http", self.cfg.root_path)
+        scheme = "https" if self.cfg.certfile else "http"
+        return ServerFacts(str(host), str(port), scheme, self.cfg.root_path)
 
     def serve(self) -> int:
         app = self.boot()
