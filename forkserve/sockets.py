@@ -149,6 +149,10 @@ def systemd_listeners(env: MutableMapping[str, str], pid: int) -> list[Listener]
             raise BindError(f"socket fd {fd} from systemd is not a stream socket "
                             "(ListenStream= in the .socket unit)")
         name = names[index] if index < len(names) and names[index] else ""
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket,
+                                                                        "TCP_DEFER_ACCEPT"):
+            # As for our own binds: wake a worker only once the request's bytes are in.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
         sock.set_inheritable(True)
         listeners.append(Listener(sock, f"fd://{fd}" + (f" ({name})" if name else ""),
                                   sock.family == socket.AF_UNIX))
