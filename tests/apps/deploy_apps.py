@@ -13,14 +13,15 @@ from typing import Any
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Describe the request and the process serving it, as JSON.
 
-    /slow?S sleeps S seconds first; /spawn starts a shell that leaves an
-    orphaned `sleep` behind and is itself never waited for (a careless app).
+    /slow?S sleeps S seconds first; /spawn?S starts a shell that leaves an
+    orphaned `sleep S` behind and is itself never waited for (a careless app).
     """
     path = environ["PATH_INFO"]
     if path == "/slow":
         time.sleep(float(environ.get("QUERY_STRING") or "1"))
     if path == "/spawn":
-        subprocess.Popen(["sh", "-c", "sleep 0.3 & exit 0"])
+        seconds = float(environ.get("QUERY_STRING") or "0.3")
+        subprocess.Popen(["sh", "-c", f"sleep {seconds} & exit 0"])
     body = json.dumps(
         {
             "path": path,
