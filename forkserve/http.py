@@ -24,9 +24,9 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: a field value holds VCHAR, obs-text, SP and HTAB; RFC 9112 §2.2
 # allows no other control byte anywhere in a head. CR and LF are counted apart.
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Request targets: no controls, no whitespace (RFC 9112 §3.2). obs-text is let through
-# (legacy clients send raw UTF-8 paths; PEP 3333 hands them to the app as latin-1).
-_BAD_TARGET_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+# Request targets are URIs (RFC 9112 §3.2, RFC 3986 §2): visible ASCII only. Raw
+# UTF-8 must be percent-encoded; h11 refuses it too, so say so before it does.
+_BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a
