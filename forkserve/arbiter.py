@@ -2,8 +2,15 @@
 
 Runs in the master only; it never imports the request path beyond what a
 fork needs. Signal handlers only record (`signals.SignalQueue`); one loop
-drains the recorded signals, reaps children, checks heartbeats and reconciles
-the pool. Adding a signal is adding one entry to `Arbiter.handlers`.
+drains the recorded signals, reaps children, checks the workers' heartbeats
+and reconciles the pool. Adding a signal is adding one entry to
+`Arbiter.handlers`.
+
+Workers come in generations. HUP (and `--reload`) starts a new generation;
+the old one keeps serving until every new worker is READY, then drains. A
+worker being replaced (recycling, TTOU) likewise serves until the pool is
+complete without it. One rule in `manage_workers` does all of this, so
+capacity never dips.
 """
 
 from __future__ import annotations
@@ -21,15 +28,18 @@ from typing import Any
 
 import setproctitle
 
-from forkserve import __version__
+from forkserve import __version__, loader
 from forkserve.config import Config
-from forkserve.errors import WorkerExit
-from forkserve.heartbeat import Heartbeats
+from forkserve.errors import ConfigError, ForkserveError, WorkerExit
+from forkserve.heartbeat import Heartbeats, SlotView
+from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
+from forkserve.pidfile import Pidfile
+from forkserve.reloader import Reloader
 from forkserve.signals import SignalQueue, reset_to_default
-from forkserve.sockets import Listener
-from forkserve.worker import Worker
+from forkserve.sockets import REEXEC_FDS_ENV, Listener
+from forkserve.worker import Worker, WorkerState
 
 MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -45,17 +55,30 @@ MASTER_SIGNALS = (
 )
 LOOP_INTERVAL = 0.5  # seconds between heartbeat checks when nothing happens
 FAST_STOP_GRACE = 2.0  # seconds workers get to exit on INT/QUIT before SIGKILL
+ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before SIGKILL
+DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
-BOOT_ERROR_MAX = 4000  # one pipe write of at most PIPE_BUF is atomic
+CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
+OLD_MASTER_ENV = "FORKSERVE_OLD_MASTER"  # set by USR2 for the new master: the old one's pid
+# Where the master was started: a USR2 re-exec runs from here (a relative
+# --chdir or app path means the same thing again). Captured at import, which
+# the CLI does before it changes directory.
+LAUNCH_CWD = os.getcwd()
 
 
-class Phase(enum.Enum):
-    RUNNING = "running"
+class State(enum.Enum):
+    """The master's life (DESIGN.md §4.6)."""
+
+    BOOTING = "booting"  # the first generation is loading: a worker that cannot boot stops us
+    RUNNING = "running"  # serving; replacements start before the workers they replace stop
+    RELOADING = "reloading"  # a new generation boots beside the serving one (HUP, --reload)
     STOPPING = "stopping"
 
 
 class Arbiter:
     """The master loop (pre-fork setup and the loop itself; master only)."""
+
+    log = log  # gunicorn's hooks call server.log.info(...)
 
     def __init__(self, cfg: Config, listeners: list[Listener],
                  app: Callable[..., Any] | None = None,
@@ -66,65 +89,116 @@ class Arbiter:
         self.reload_config = reload_config or (lambda: cfg)
         self.listeners = listeners
         self.app = app
+        self.pid = os.getpid()
         self.num_workers = cfg.workers
         self.workers: dict[int, Worker] = {}
         self.heartbeats = Heartbeats(max(64, cfg.workers * 4))
         self.generation = 1
-        self.phase = Phase.RUNNING
+        self.last_generation = 1
+        # What a failed reload falls back to: generation, config, pool size.
+        self.serving: tuple[int, Config, int] = (1, cfg, cfg.workers)
+        self.state = State.BOOTING
+        self.stop_graceful = True
         self.exit_status = 0
         self.crashes: list[float] = []
         self.spawn_not_before = 0.0
         self.signals: SignalQueue | None = None
-        self.stop_graceful = True
-        # Workers that cannot load the app write why here, then exit APP_LOAD_ERROR.
+        self.hooks = Hooks()
+        self.pidfile: Pidfile | None = None
+        self.reloader: Reloader | None = None
+        self.reexec_pid = 0  # the new master a USR2 started, while it runs
+        self.old_master_pid = int(os.environ.pop(OLD_MASTER_ENV, "0") or 0)
+        # Workers that cannot boot write "PID reason" here, then exit with a boot code.
         self.boot_errors_r, self.boot_errors_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.boot_errors: dict[int, str] = {}
         self.handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_quit,
             signal.SIGQUIT: self.handle_quit,
             signal.SIGCHLD: lambda: None,  # the loop reaps after every wake-up
-            signal.SIGHUP: self.handle_unsupported,
+            signal.SIGHUP: self.handle_hup,
             signal.SIGTTIN: self.handle_ttin,
             signal.SIGTTOU: self.handle_ttou,
             signal.SIGUSR1: self.handle_usr1,
-            signal.SIGUSR2: self.handle_unsupported,
-            signal.SIGWINCH: self.handle_unsupported,
+            signal.SIGUSR2: self.handle_usr2,
+            signal.SIGWINCH: self.handle_winch,
         }
 
     @property
     def name(self) -> str:
         return self.cfg.proc_name or self.cfg.app
 
+    @property
+    def serving_requests(self) -> bool:
+        return self.state is not State.STOPPING
+
+    def set_title(self) -> None:
+        new = " (new master)" if self.old_master_pid else ""
+        setproctitle.setproctitle(f"forkserve: master [{self.name}] gen {self.generation}{new}")
+
     # -- the loop ---------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped; returns the process exit status."""
-        setproctitle.setproctitle(f"forkserve: master [{self.name}]")
-        log.info("Starting forkserve %s", __version__)
-        for listener in self.listeners:
-            log.info("Listening at: %s (%d)", listener.url, os.getpid())
-        log.info("Using worker: sync")
-        self.signals = SignalQueue(MASTER_SIGNALS)
         try:
+            self.start()
             self.manage_workers()
-            while self.phase is Phase.RUNNING:
+            while self.serving_requests:
                 self.wait(LOOP_INTERVAL)
                 self.dispatch_signals()
                 self.reap()
-                if self.phase is not Phase.RUNNING:
+                if not self.serving_requests:
                     break
-                self.check_heartbeats()
+                now = time.monotonic()
+                self.check_workers(now)
+                self.check_recycling(now)
+                self.check_reloader(now)
+                self.check_old_master()
                 self.manage_workers()
                 self.notify_progress()
+        except HookError as exc:
+            log.error("Stopping: %s", exc)
+            self.exit_status = exc.exit_status
+            self.stop(graceful=False)
         finally:
             self.shutdown()
         return self.exit_status
+
+    def start(self) -> None:
+        """Before the first fork: pidfile, hooks, preload, then announce the sockets."""
+        if self.cfg.reload and self.cfg.preload_app:
+            raise ConfigError("--reload and --preload do not mix: a preloaded app is "
+                              "imported once, in the master, and cannot be reloaded")
+        self.set_title()
+        log.info("Starting forkserve %s", __version__)
+        self.hooks = Hooks.load(self.cfg.hooks)
+        if self.cfg.preload_app and self.app is None:
+            self.app = loader.load_app(self.cfg.app)  # an AppLoadError ends here, exit 3
+        if self.cfg.pidfile:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        self.hooks.call("on_starting", self)
+        for listener in self.listeners:
+            log.info("Listening at: %s (%d)", listener.url, self.pid)
+        log.info("Using worker: sync")
+        self.signals = SignalQueue(MASTER_SIGNALS)
+        if self.cfg.reload:
+            self.reloader = Reloader([os.getcwd(), *self.cfg.pythonpath],
+                                     self.cfg.reload_extra_files)
+            how = "inotify" if self.reloader.fileno() is not None else "stat polling"
+            log.info("Watching for code changes (%s, %d files)", how,
+                     len(self.reloader.snapshot))
+        self.hooks.call("nworkers_changed", self, self.num_workers, None)
+        self.hooks.call("when_ready", self)
 
     def wait(self, timeout: float) -> None:
         assert self.signals is not None
         if self.signals.pending:
             return
+        fds = [self.signals.read_fd]
+        if self.reloader is not None and self.reloader.fileno() is not None:
+            fds.append(self.reloader.fileno())  # type: ignore[arg-type]
         try:
-            select.select([self.signals.read_fd], [], [], timeout)
+            select.select(fds, [], [], timeout)
         except InterruptedError:
             pass
 
@@ -133,8 +207,6 @@ class Arbiter:
         for sig in self.signals.drain():
             if sig != signal.SIGCHLD:
                 log.info("Handling signal: %s", signal.Signals(sig).name)
-            if sig == signal.SIGHUP and self.phase is Phase.RUNNING:
-                self.notifier.reloading()  # READY=1 follows once the new generation serves
             self.handlers[sig]()
 
     # -- signal handlers (run in the loop, not in signal context) ----------
@@ -144,45 +216,100 @@ class Arbiter:
     def handle_quit(self) -> None:
         self.stop(graceful=False)
 
+    def handle_hup(self) -> None:
+        self.reload("SIGHUP")
+
     def handle_ttin(self) -> None:
-        self.num_workers += 1
+        self.set_num_workers(self.num_workers + 1)
 
     def handle_ttou(self) -> None:
-        self.num_workers = max(1, self.num_workers - 1)
+        self.set_num_workers(max(1, self.num_workers - 1))
 
     def handle_usr1(self) -> None:
         setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
         self.kill_all(signal.SIGUSR1)
 
-    def handle_unsupported(self) -> None:
-        log.warning("This signal is not handled yet; ignoring it")
+    def handle_usr2(self) -> None:
+        self.reexec()
 
-    # -- workers ----------------------------------------------------------
-    def manage_workers(self) -> None:
-        """Reconcile the pool with `num_workers`: spawn the missing, retire the extra."""
-        live = [w for w in self.workers.values() if not w.stopping]
-        if len(live) > self.num_workers:
-            for worker in sorted(live, key=lambda w: w.booted_at)[: len(live) - self.num_workers]:
-                self.retire(worker)
+    def handle_winch(self) -> None:
+        # A terminal sends WINCH on every window resize: in a terminal's
+        # foreground, stopping all workers then would be a trap (gunicorn only
+        # honours WINCH when daemonized, for the same reason).
+        if _in_terminal_foreground():
+            log.info("SIGWINCH ignored: running in a terminal's foreground")
             return
-        missing = self.num_workers - len(live)
-        while missing > 0 and self.phase is Phase.RUNNING:
-            if time.monotonic() < self.spawn_not_before:
-                return
-            self.spawn()
-            missing -= 1
+        log.info("Gracefully stopping all workers; the master stays (HUP starts them again)")
+        self.set_num_workers(0)
+
+    def set_num_workers(self, wanted: int) -> None:
+        old, self.num_workers = self.num_workers, wanted
+        if old != wanted:
+            self.hooks.call("nworkers_changed", self, wanted, old)
+
+    # -- the pool ---------------------------------------------------------
+    def manage_workers(self) -> None:
+        """Reconcile the pool: `num_workers` current workers, READY, and nothing else.
+
+        Current workers are of this generation and not being replaced. The others
+        (an older generation, or one being recycled or removed) keep serving until
+        every current worker is READY, then drain: capacity never dips.
+        """
+        if self.state is State.STOPPING:
+            return
+        alive = [w for w in self.workers.values() if w.alive]
+        current = [w for w in alive if w.generation == self.generation and not w.retire_reason]
+        extra = len(current) - self.num_workers
+        if extra > 0:  # TTOU, WINCH, a reload with fewer workers: idle ones first, oldest first
+            for worker in sorted(current, key=self.retire_order)[:extra]:
+                worker.retire_reason = "fewer workers wanted"
+            current = [w for w in current if not w.retire_reason]
+        outgoing = [w for w in alive if w not in current]
+        for worker in outgoing:
+            if worker.state is WorkerState.BOOTING:
+                self.retire(worker)  # serves nothing yet: no capacity to keep
+        if len(current) < self.num_workers:
+            if time.monotonic() >= self.spawn_not_before:
+                for _ in range(self.num_workers - len(current)):
+                    self.spawn()
+            return
+        if any(w.state is not WorkerState.READY for w in current):
+            return
+        for worker in outgoing:
+            if worker.state is WorkerState.READY:
+                log.info("Retiring worker %d (gen %d): %s", worker.pid, worker.generation,
+                         worker.retire_reason or "replaced by a new generation")
+                self.retire(worker)
+        if self.state in (State.BOOTING, State.RELOADING):
+            log.info("%s: generation %d is serving with %d workers",
+                     "Ready" if self.state is State.BOOTING else "Reload complete",
+                     self.generation, len(current))
+            self.state = State.RUNNING
+            self.serving = (self.generation, self.cfg, self.num_workers)
+
+    def retire_order(self, worker: Worker) -> tuple[bool, float]:
+        busy = worker.state is WorkerState.READY and bool(
+            self.heartbeats.read(worker.slot).request_started)
+        return busy, worker.started_at
 
     def spawn(self) -> Worker:
         slot = self.heartbeats.claim({w.slot for w in self.workers.values()})
         self.heartbeats.reset(slot, 0)
-        worker = Worker(self.cfg, self.listeners, slot, self.heartbeats, self.generation,
-                        self.app)
+        cfg = self.cfg
+        worker = Worker(cfg, self.listeners, slot, self.heartbeats, self.generation, self.app,
+                        self.hooks)
+        if cfg.max_requests:
+            worker.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        if cfg.max_worker_lifetime:
+            worker.retire_at = (worker.started_at + cfg.max_worker_lifetime
+                                + random.uniform(0, cfg.max_worker_lifetime_jitter))
+        self.hooks.call("pre_fork", self, worker)
         pid = os.fork()
         if pid == 0:  # the child: becomes the worker and never returns
             self._become_worker(worker)
         worker.pid = pid
         self.workers[pid] = worker
-        log.info("Booting worker with pid: %d", pid)
+        log.info("Booting worker with pid: %d (gen %d)", pid, worker.generation)
         return worker
 
     def _become_worker(self, worker: Worker) -> None:
@@ -191,16 +318,30 @@ class Arbiter:
             if self.signals is not None:
                 os.close(self.signals.read_fd)
                 os.close(self.signals.write_fd)
+            if self.reloader is not None:
+                self.reloader.close()
             os.close(self.boot_errors_r)
             random.seed()
             worker.boot_error_fd = self.boot_errors_w
-            worker.run()
+            worker.pid = os.getpid()
+            self.hooks.call("post_fork", self, worker)
+            worker.run(self)
+        except HookError as exc:
+            worker.report_boot_error(str(exc))
         finally:
             os._exit(WorkerExit.BOOT_ERROR)
 
-    def retire(self, worker: Worker, sig: int = signal.SIGTERM) -> None:
-        worker.stopping = True
-        self.kill(worker.pid, sig)
+    def retire(self, worker: Worker) -> None:
+        """Graceful stop of one worker: TERM, then SIGKILL after its --graceful-timeout."""
+        worker.state = WorkerState.DRAINING
+        worker.kill_at = time.monotonic() + worker.cfg.graceful_timeout + DRAIN_GRACE
+        self.kill(worker.pid, signal.SIGTERM)
+
+    def abort(self, worker: Worker) -> None:
+        """SIGABRT: the worker dumps its threads' stacks; SIGKILL if still there after grace."""
+        worker.state = WorkerState.KILLED
+        worker.kill_at = time.monotonic() + ABORT_GRACE
+        self.kill(worker.pid, signal.SIGABRT)
 
     def kill(self, pid: int, sig: int) -> None:
         try:
@@ -221,10 +362,14 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if pid == self.reexec_pid:
+                self.on_new_master_exit(status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue  # not ours: an orphan re-parented to us as PID 1
             self.on_worker_exit(worker, status)
+            self.hooks.call("child_exit", self, worker)
 
     def on_worker_exit(self, worker: Worker, status: int) -> None:
         if os.WIFSIGNALED(status):
@@ -233,74 +378,225 @@ class Arbiter:
         else:
             code = os.WEXITSTATUS(status)
             how = f"exited with {WorkerExit.describe(code)}"
-        if worker.stopping and code in (WorkerExit.OK, -1):
+        if worker.boot_failure:
+            self.boot_failed(worker, worker.boot_failure, 1)
+        elif code in (WorkerExit.APP_LOAD_ERROR, WorkerExit.BOOT_ERROR):
+            self.collect_boot_errors()
+            reason = self.boot_errors.pop(worker.pid, "see the log above")
+            # The master's exit status mirrors the CLI's: 3 = the app cannot load.
+            self.boot_failed(worker, reason, 3 if code == WorkerExit.APP_LOAD_ERROR else 1)
+        elif worker.state in (WorkerState.DRAINING, WorkerState.KILLED) or (
+                self.state is State.STOPPING):
             log.info("Worker %d %s", worker.pid, how)
-            return
-        if code in (WorkerExit.APP_LOAD_ERROR, WorkerExit.BOOT_ERROR):
-            if self.phase is not Phase.RUNNING:
-                return  # another worker already reported why: one line is enough
-            reason = self.read_boot_error() or "see the log above"
-            log.error("Worker failed to boot: %s", reason)
-            self.exit_status = 3 if code == WorkerExit.APP_LOAD_ERROR else 1
-            self.stop(graceful=False)
-            return
-        if self.phase is not Phase.RUNNING:
-            log.info("Worker %d %s", worker.pid, how)
-            return
-        now = time.monotonic()
-        self.crashes = [t for t in self.crashes if now - t < 60] + [now]
-        backoff = min(MAX_BACKOFF, 0.1 * 2 ** (len(self.crashes) - 1))
-        self.spawn_not_before = now + backoff
-        log.warning("Worker %d %s; replacing it in %.1fs", worker.pid, how, backoff)
+        else:
+            self.backoff(f"Worker {worker.pid} {how}")
 
-    def read_boot_error(self) -> str:
+    def backoff(self, what: str) -> None:
+        """A crash: respawn later, twice as late for each recent crash (up to MAX_BACKOFF)."""
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+        delay = min(MAX_BACKOFF, 0.1 * 2 ** (len(self.crashes) - 1))
+        self.spawn_not_before = now + delay
+        log.warning("%s; replacing it in %.1fs", what, delay)
+
+    def boot_failed(self, worker: Worker, reason: str, exit_status: int) -> None:
+        """A worker could not load the app or boot: what that means depends on our state."""
+        if self.state is State.STOPPING or worker.generation != self.generation:
+            log.info("Worker %d (gen %d) could not boot: %s", worker.pid, worker.generation,
+                     reason)
+        elif self.state is State.BOOTING:
+            log.error("Worker failed to boot: %s", reason)
+            self.exit_status = exit_status
+            self.stop(graceful=False)
+        elif self.state is State.RELOADING:
+            failed = self.generation
+            self.generation, self.cfg, self.num_workers = self.serving
+            self.state = State.RUNNING
+            self.set_title()
+            log.error("Reload failed, generation %d keeps serving: a worker of generation %d "
+                      "could not boot: %s", self.generation, failed, reason)
+        elif any(w.state is WorkerState.READY for w in self.workers.values()):
+            # The code on disk broke since the last (re)load: keep serving with
+            # the workers that have it loaded, retry with back-off.
+            self.backoff(f"Worker {worker.pid} could not boot: {reason}")
+        else:
+            log.error("Worker failed to boot and none is serving: %s", reason)
+            self.exit_status = exit_status
+            self.stop(graceful=False)
+
+    def collect_boot_errors(self) -> None:
         try:
             text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
-            return text.strip().split("\n", 1)[0]  # each failing worker wrote one line
         except BlockingIOError:
-            return ""
-
-    def check_heartbeats(self) -> None:
-        if not self.cfg.timeout:
             return
-        now = time.monotonic()
+        for line in text.splitlines():
+            pid, _, reason = line.partition(" ")
+            if pid.isdigit():
+                self.boot_errors[int(pid)] = reason
+
+    # -- health -----------------------------------------------------------
+    def check_workers(self, now: float) -> None:
+        """Booted yet? Booting too long? Silent too long? Past its kill deadline?"""
         for worker in list(self.workers.values()):
-            view = self.heartbeats.read(worker.slot)
-            silent = now - view.heartbeat
-            if silent <= self.cfg.timeout or worker.stopping:
+            if worker.kill_at and now >= worker.kill_at:
+                worker.state, worker.kill_at = WorkerState.KILLED, 0.0
+                self.kill(worker.pid, signal.SIGKILL)
                 continue
-            if view.request_started:
-                doing = f"serving {view.request} for {now - view.request_started:.1f}s"
-            elif view.pid == 0:
-                doing = "still booting"
-            else:
-                doing = "idle"
-            log.critical("WORKER TIMEOUT (pid:%d) silent for %.1fs, %s", worker.pid, silent,
-                         doing)
-            worker.stopping = True
-            self.kill(worker.pid, signal.SIGKILL)
-            self.spawn_not_before = 0.0
+            view = self.heartbeats.read(worker.slot)
+            if worker.state is WorkerState.BOOTING:
+                if view.pid:
+                    worker.state = WorkerState.READY
+                elif self.cfg.boot_timeout and now - worker.started_at > self.cfg.boot_timeout:
+                    worker.boot_failure = (f"it did not load the app within --boot-timeout "
+                                           f"{self.cfg.boot_timeout:g}s")
+                    log.critical("WORKER BOOT TIMEOUT (pid:%d) still loading the app after "
+                                 "%.1fs; the stacks of its threads follow",
+                                 worker.pid, now - worker.started_at)
+                    self.abort(worker)
+            elif worker.state is WorkerState.READY and self.cfg.timeout:
+                silent = now - view.heartbeat
+                if silent > self.cfg.timeout:
+                    log.critical("WORKER TIMEOUT (pid:%d) %s; the stacks of its threads follow",
+                                 worker.pid, describe_activity(view, now, silent))
+                    self.abort(worker)
+
+    def check_recycling(self, now: float) -> None:
+        """Mark at most one worker for replacement at a time, so recycles spread out."""
+        if self.state is not State.RUNNING:
+            return
+        if any(w.retire_reason and w.alive for w in self.workers.values()):
+            return  # one replacement at a time
+        for worker in sorted(self.workers.values(), key=lambda w: w.started_at):
+            if worker.state is not WorkerState.READY or worker.generation != self.generation:
+                continue
+            reason = self.recycle_reason(worker, now)
+            if reason:
+                log.info("Replacing worker %d: %s", worker.pid, reason)
+                worker.retire_reason = reason
+                return
+
+    def recycle_reason(self, worker: Worker, now: float) -> str:
+        cfg = worker.cfg
+        if worker.max_requests:
+            served = self.heartbeats.read(worker.slot).requests
+            if served >= worker.max_requests:
+                return f"served {served} requests (--max-requests {worker.max_requests})"
+        if worker.retire_at and now >= worker.retire_at:
+            return (f"ran for {now - worker.started_at:.0f}s (--max-worker-lifetime "
+                    f"{cfg.max_worker_lifetime:g})")
+        if cfg.max_worker_memory:
+            rss = rss_mib(worker.pid)
+            if rss > cfg.max_worker_memory:
+                return f"uses {rss:.0f} MiB (--max-worker-memory {cfg.max_worker_memory})"
+        return ""
+
+    # -- reloads ----------------------------------------------------------
+    def reload(self, why: str) -> None:
+        """Start a new generation with the configuration re-read (HUP, --reload)."""
+        if self.state is State.STOPPING:
+            return
+        # Workers may have booted since the last loop turn: a reload falls back to
+        # the first generation only once it serves.
+        self.check_workers(time.monotonic())
+        self.manage_workers()
+        self.hooks.call("on_reload", self)
+        try:
+            cfg = self.reload_config()
+        except ForkserveError as exc:
+            log.error("Reload failed, the current workers keep serving: %s", exc)
+            return
+        if cfg.bind != self.cfg.bind:
+            log.warning("--bind changed; a reload keeps the listening sockets (USR2 or a "
+                        "restart binds the new addresses)")
+        if self.state is not State.BOOTING:
+            self.state = State.RELOADING
+            self.notifier.reloading()  # READY=1 follows once the new generation serves
+        self.cfg = cfg
+        self.set_num_workers(cfg.workers)
+        self.last_generation += 1
+        self.generation = self.last_generation
+        self.spawn_not_before = 0.0
+        self.set_title()
+        log.info("Reloading (%s): starting generation %d with %d workers%s", why,
+                 self.generation, self.num_workers,
+                 "; the preloaded app is not reloaded" if self.app is not None else "")
+
+    def check_reloader(self, now: float) -> None:
+        if self.reloader is None:
+            return
+        changed = self.reloader.changed(now)
+        if changed:
+            shown = ", ".join(os.path.relpath(p) for p in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            self.reload(f"{shown}{more} changed")
+
+    # -- USR2: a new master on the same sockets ----------------------------
+    def reexec(self) -> None:
+        """Fork and exec a new master that inherits the listening sockets."""
+        if self.reexec_pid:
+            log.warning("USR2 ignored: the new master (pid %d) is still running",
+                        self.reexec_pid)
+            return
+        if self.old_master_pid and os.getppid() == self.old_master_pid:
+            log.warning("USR2 ignored: the old master (pid %d) is still running; stop it first",
+                        self.old_master_pid)
+            return
+        if self.pidfile is not None:
+            self.pidfile.rename(self.pidfile.path + ".oldbin")
+        pid = os.fork()
+        if pid:
+            self.reexec_pid = pid
+            log.info("Started a new master (pid %d) on the same sockets; send this master "
+                     "(pid %d) WINCH or TERM once it is serving", pid, self.pid)
+            return
+        try:  # the child: becomes the new master
+            reset_to_default(MASTER_SIGNALS)
+            self.hooks.call("pre_exec", self)
+            env = dict(os.environ)
+            env[REEXEC_FDS_ENV] = ",".join(str(lst.sock.fileno()) for lst in self.listeners)
+            env[OLD_MASTER_ENV] = str(self.pid)
+            os.chdir(LAUNCH_CWD)
+            argv = [sys.executable, *sys.orig_argv[1:]]
+            os.execve(sys.executable, argv, env)
+        except BaseException:
+            log.exception("Re-executing the master failed")
+        finally:
+            os._exit(1)
+
+    def on_new_master_exit(self, status: int) -> None:
+        log.error("The new master (pid %d) exited (status %d); this master stays in charge",
+                  self.reexec_pid, os.waitstatus_to_exitcode(status))
+        self.reexec_pid = 0
+        if self.pidfile is not None and self.pidfile.path.endswith(".oldbin"):
+            self.pidfile.rename(self.pidfile.path[: -len(".oldbin")])
+
+    def check_old_master(self) -> None:
+        if self.old_master_pid and os.getppid() != self.old_master_pid:
+            log.info("The old master (pid %d) is gone: this master is in charge",
+                     self.old_master_pid)
+            self.old_master_pid = 0
+            self.set_title()
+
+    # -- stopping ---------------------------------------------------------
+    def stop(self, graceful: bool) -> None:
+        if self.state is State.STOPPING and graceful:
+            return
+        self.state = State.STOPPING
+        self.stop_graceful = graceful
+        self.notifier.stopping()
 
     def notify_progress(self) -> None:
         """sd_notify: READY=1 once every current-generation worker serves, STATUS, watchdog."""
         current = [self.heartbeats.read(w.slot) for w in self.workers.values()
-                   if w.generation == self.generation and not w.stopping]
+                   if w.generation == self.generation and not w.retire_reason and w.alive]
         self.notifier.tick(time.monotonic(), current, self.num_workers)
-
-    # -- stopping ---------------------------------------------------------
-    def stop(self, graceful: bool) -> None:
-        if self.phase is Phase.STOPPING and graceful:
-            return
-        self.phase = Phase.STOPPING
-        self.stop_graceful = graceful
-        self.notifier.stopping()
 
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""
         graceful = self.stop_graceful
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for worker in self.workers.values():
-            worker.stopping = True
+            worker.state = WorkerState.DRAINING
         self.kill_all(sig)
         # Workers hold their own copies; the socket closes when the last one goes.
         for listener in self.listeners:
@@ -330,11 +626,50 @@ class Arbiter:
                         break
                     continue
                 self.workers.pop(pid, None)
-        for listener in self.listeners:
-            if listener.is_unix and listener.bind.startswith("unix:"):
-                try:
-                    os.unlink(listener.bind[5:])
-                except OSError:
-                    pass
+        if not self.reexec_pid:  # a new master still serves on these unix socket paths
+            for listener in self.listeners:
+                if listener.is_unix and listener.bind.startswith("unix:"):
+                    try:
+                        os.unlink(listener.bind[5:])
+                    except OSError:
+                        pass
+        try:
+            self.hooks.call("on_exit", self)
+        except HookError:
+            pass  # logged; we are exiting anyway
+        if self.pidfile is not None:
+            self.pidfile.remove(self.pid)
         log.info("Shutting down: Master")
         sys.stdout.flush()
+
+
+def describe_activity(view: SlotView, now: float, silent: float) -> str:
+    """What a silent worker was doing, from its heartbeat slot, for the timeout line."""
+    if view.request_started:
+        return (f"stuck serving {view.request} for {now - view.request_started:.1f}s "
+                f"(no heartbeat for {silent:.1f}s)")
+    return f"idle but silent for {silent:.1f}s"
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of `pid` in MiB (Linux /proc), 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def _in_terminal_foreground() -> bool:
+    """True when a terminal's window resizes reach us (we are its foreground group)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal: systemd, Docker, a test's new session
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -52,9 +52,11 @@ class WorkerExit(enum.IntEnum):
     """
 
     OK = 0  # graceful stop, recycled, or told to quit
+    CRASHED = 1  # an unexpected exception after booting: respawned with back-off
     BOOT_ERROR = 3  # post-fork setup failed (hooks, privileges, ...): do not respawn
     APP_LOAD_ERROR = 4  # the app could not be imported/created: do not respawn
     ORPHANED = 5  # the master went away
+    ABORTED = 6  # SIGABRT (timeout or operator): stacks dumped to the error log first
 
     @classmethod
     def describe(cls, status: int) -> str:

@@ -1,4 +1,3 @@
-# TEAM NOTE (issue-4 engineer): read /tmp/rules.md now: file ownership, commit rules, 85-minute limit. Delete this line when you first edit this file.
 """A sync worker: one process, one thread, one request in the app at a time.
 
 `Worker` is created in the master before fork (it holds only plain values);
@@ -15,6 +14,8 @@ worker").
 from __future__ import annotations
 
 import collections
+import enum
+import faulthandler
 import os
 import select
 import signal
@@ -22,8 +23,9 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import h11
@@ -43,6 +45,7 @@ from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
+from forkserve.hooks import HookRequest, HookResponse, Hooks
 from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
@@ -56,8 +59,23 @@ WORKER_SIGNALS = (
     signal.SIGHUP,
 )
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
+TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
 ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+class WorkerState(enum.Enum):
+    """A worker's life as the master sees it (DESIGN.md §4.6)."""
+
+    BOOTING = "booting"  # forked, loading the app: --boot-timeout applies
+    READY = "ready"  # its heartbeat slot carries its pid: serving; --timeout applies
+    DRAINING = "draining"  # sent TERM: finishes what it has, then exits; SIGKILL at kill_at
+    KILLED = "killed"  # sent ABRT/QUIT/KILL: waiting to be reaped
+
+
+def worker_title(name: str, generation: int, requests: int | None = None) -> str:
+    title = f"forkserve: worker [{name}] gen {generation}"
+    return title if requests is None else f"{title} · {requests} req"
 
 
 @dataclass
@@ -70,28 +88,51 @@ class Worker:
     heartbeat: Any  # Heartbeats; the worker writes its own slot
     generation: int = 1
     app: Callable[..., Any] | None = None  # preloaded in the master, or loaded after fork
+    hooks: Hooks = field(default_factory=Hooks)
     pid: int = 0
-    booted_at: float = field(default_factory=time.monotonic)
-    ready: bool = False
-    stopping: bool = False  # the master asked it to stop
+    started_at: float = field(default_factory=time.monotonic)
+    state: WorkerState = WorkerState.BOOTING
+    # Why the master replaces it ("" = it keeps its place): it serves on until its
+    # replacement is READY, so capacity never dips.
+    retire_reason: str = ""
+    boot_failure: str = ""  # set by the master when it gave up waiting for the boot
+    kill_at: float = 0.0  # master: SIGKILL at this monotonic time (0 = no deadline)
+    max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
+    retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
+    log = log  # gunicorn's hooks call worker.log.info(...)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (WorkerState.BOOTING, WorkerState.READY)
 
     # -- after fork, in the child ----------------------------------------
-    def run(self) -> None:
-        """Post-fork entry point. Never returns."""
+    def run(self, server: Any = None) -> None:
+        """Post-fork entry point. Never returns. `server` is what worker_exit gets."""
+        self.pid = os.getpid()
         code: int = WorkerExit.OK
+        loop: WorkerLoop | None = None
         try:
-            code = WorkerLoop(self).serve()
+            loop = WorkerLoop(self)
+            code = loop.serve()
         except AppLoadError as exc:
             self.report_boot_error(str(exc))
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
         except BaseException as exc:
-            log.critical("worker crashed:\n%s", traceback.format_exc())
-            self.report_boot_error(f"{type(exc).__name__}: {exc}")
-            code = WorkerExit.BOOT_ERROR
+            if loop is not None and loop.booted:
+                log.critical("worker crashed:\n%s", traceback.format_exc())
+                code = WorkerExit.CRASHED
+            else:
+                self.report_boot_error(f"{type(exc).__name__}: {exc}")
+                code = WorkerExit.BOOT_ERROR
         finally:
+            try:
+                log.info("Worker exiting (pid: %d)", self.pid)
+                self.hooks.call("worker_exit", server, self)
+            except Exception:
+                pass
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -104,26 +145,59 @@ class Worker:
         if self.boot_error_fd < 0:
             log.error("%s", message)
             return
+        line = f"{os.getpid()} {message}".encode("utf-8", "replace")[:4000] + b"\n"
         try:
-            os.write(self.boot_error_fd, message.encode("utf-8", "replace")[:4000] + b"\n")
+            os.write(self.boot_error_fd, line)
         except OSError:
             log.error("%s", message)
 
 
 class _Hooks(RequestHooks):
-    """Heartbeat bookkeeping around each request."""
+    """Around each request: heartbeat bookkeeping, then the user's post_request hook."""
 
-    def __init__(self, slot: SlotWriter) -> None:
+    def __init__(self, worker: Worker, slot: SlotWriter) -> None:
+        self.worker = worker
         self.slot = slot
+        self.hooks = worker.hooks
+        self.want_post = "post_request" in worker.hooks
+        self.req: HookRequest | None = None
 
     def started(self, request: h11.Request, environ: dict[str, Any],
                 peer: tuple[str, int] | None) -> None:
         who = f"{peer[0]}:{peer[1]}" if peer else "unix"
         text = b"%s %s from %s" % (request.method, request.target[:160], who.encode())
         self.slot.request_started(time.monotonic(), text)
+        self.req = None
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
         self.slot.request_finished(time.monotonic())
+        if self.want_post:
+            req = self.req or HookRequest.from_environ(environ, None)
+            resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
+            self.hooks.call("post_request", self.worker, req, environ, resp)
+
+    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        """Run pre_request inside the app call, so its exception is that request's 500."""
+        if "pre_request" not in self.hooks:
+            return app
+        hooks, worker = self.hooks, self.worker
+
+        def app_with_pre_request(environ: dict[str, Any],
+                                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+            peer = None
+            if environ.get("REMOTE_PORT"):
+                peer = (str(environ.get("REMOTE_ADDR", "")), int(environ["REMOTE_PORT"]))
+            self.req = HookRequest.from_environ(environ, peer)
+            fn = hooks.functions["pre_request"]
+            try:
+                fn(worker, self.req)
+            except Exception:
+                log.exception("Exception in the pre_request hook")
+                raise
+            result: Iterable[bytes] = app(environ, start_response)
+            return result
+
+        return app_with_pre_request
 
 
 class WorkerLoop:
@@ -136,7 +210,11 @@ class WorkerLoop:
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.hooks = _Hooks(self.slot)
+        self.hooks = _Hooks(worker, self.slot)
+        self.name = cfg.proc_name or cfg.app
+        self.title_requests = -1
+        self.title_at = 0.0
+        self.booted = False
         self.alive = True
         self.draining = False
         self.drain_deadline = 0.0
@@ -150,12 +228,13 @@ class WorkerLoop:
         self.last_eviction_log = 0.0
 
     def boot(self) -> Callable[..., Any]:
-        name = self.cfg.proc_name or self.cfg.app
-        setproctitle.setproctitle(f"forkserve: worker [{name}] gen {self.worker.generation}")
+        setproctitle.setproctitle(worker_title(self.name, self.worker.generation))
+        self.install_abort_handler()
         raise_fd_limit()
         app = self.worker.app
         if app is None:
             app = loader.load_app(self.cfg.app)
+        app = self.hooks.wrap(app)
         app = with_health_path(app, self.cfg.health_path, lambda: self.draining)
         for listener in self.worker.listeners:
             sock = listener.sock
@@ -164,7 +243,29 @@ class WorkerLoop:
             self.listen_socks[sock.fileno()] = (sock, base)
             self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
+        self.worker.hooks.call("post_worker_init", self.worker)
         return app
+
+    def install_abort_handler(self) -> None:
+        """SIGABRT (the master's --timeout, or an operator): dump every thread's stack, exit.
+
+        faulthandler writes the stacks from C, straight to the error log's fd, so
+        it works even when the app is stuck where no Python signal handler would
+        run (a C call holding the GIL, a catastrophic regex). It then restores
+        and re-raises to the handler installed before it, our Python one, which
+        runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
+        SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
+        """
+        signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
+        faulthandler.enable(file=_error_log_fd(), all_threads=True)
+
+    def _on_abort(self, signum: int, frame: FrameType | None) -> None:
+        # A Python-level handler: it runs in the main thread between bytecodes.
+        self.worker.hooks.call("worker_abort", self.worker)
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(WorkerExit.ABORTED)
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:
@@ -176,6 +277,7 @@ class WorkerLoop:
 
     def serve(self) -> int:
         app = self.boot()
+        self.booted = True
         self.slot.booted(os.getpid(), time.monotonic())
         log.info("Booted worker with pid: %d", os.getpid())
         next_tick = 0.0
@@ -206,6 +308,7 @@ class WorkerLoop:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
+                self.update_title(now)
                 if os.getppid() != self.master_pid:
                     log.warning("Master %d is gone; worker %d exiting", self.master_pid,
                                 os.getpid())
@@ -216,6 +319,13 @@ class WorkerLoop:
             conn.close()
         return WorkerExit.OK
 
+    def update_title(self, now: float) -> None:
+        """Show the request count in the process title, at most once per TITLE_INTERVAL."""
+        requests = self.slot.requests
+        if requests != self.title_requests and now - self.title_at >= TITLE_INTERVAL:
+            self.title_requests, self.title_at = requests, now
+            setproctitle.setproctitle(worker_title(self.name, self.worker.generation, requests))
+
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
         conn.run(app, self.access_log, self.hooks)
@@ -224,9 +334,9 @@ class WorkerLoop:
         elif conn.state is State.READY:
             self.ready.append(conn)  # pipelined: after the others, for fairness
 
-    def accept(self, fd: int, now: float) -> None:
+    def accept(self, fd: int, now: float, batch: int = ACCEPT_BATCH) -> None:
         listener, base = self.listen_socks[fd]
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(batch):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -288,10 +398,12 @@ class WorkerLoop:
             if sig == signal.SIGTERM:
                 self.start_draining()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
+                self.worker.hooks.call("worker_int", self.worker)
                 self.alive = False
             elif sig == signal.SIGUSR1:
                 setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
                 self.access_log.reopen()
+                faulthandler.enable(file=_error_log_fd(), all_threads=True)
 
     def start_draining(self) -> None:
         """Graceful stop: serve what was already accepted, close idle connections, exit."""
@@ -300,13 +412,28 @@ class WorkerLoop:
         self.draining = True
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
-        # Connections the kernel already completed into the backlog: take the ones
-        # this worker can, so they get an answer instead of a reset.
+        # Connections the kernel already completed into the backlog: take them all
+        # (up to the connection cap), so they get an answer instead of a reset
+        # when the last copy of the socket closes. On a reload or recycle the
+        # socket stays open in the other workers, which serve what arrives later.
         for fd in list(self.listen_socks):
-            self.accept(fd, now)
+            self.accept(fd, now, batch=max(0, self.cfg.worker_connections - len(self.conns)))
             self.epoll.unregister(fd)
             self.listen_socks[fd][0].close()
         self.listen_socks.clear()
         for conn in list(self.conns.values()):
             if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf):
                 self._forget(conn)
+
+
+def _error_log_fd() -> int:
+    """The fd the error log writes to (stderr unless --error-logfile), for faulthandler."""
+    for handler in log.handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None:
+            try:
+                fd: int = stream.fileno()
+                return fd
+            except (AttributeError, OSError, ValueError):
+                continue
+    return sys.stderr.fileno()
