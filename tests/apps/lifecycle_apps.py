@@ -43,8 +43,10 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         BALLAST.append(b"x" * (int(query or 1) * 1024 * 1024))
     elif path == "/crash":
         os._exit(7)
-    return _reply(start_response, {"pid": os.getpid(), "version": VERSION})
+    return _reply(start_response, {"pid": os.getpid(), "version": VERSION,
+                                   "imported_in": IMPORTED_IN})
 
 
 VERSION = os.environ.get("LIFECYCLE_VERSION", "1")
+IMPORTED_IN = os.getpid()  # the master's pid with --preload
 app = validator(_app)
