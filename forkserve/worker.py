@@ -42,7 +42,7 @@ from forkserve.connection import (
     settings_from,
 )
 from forkserve.environ import ServerFacts
-from forkserve.errors import AppLoadError, WorkerExit
+from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
@@ -125,7 +125,8 @@ class Worker:
                 log.critical("worker crashed:\n%s", traceback.format_exc())
                 code = WorkerExit.CRASHED
             else:
-                self.report_boot_error(f"{type(exc).__name__}: {exc}")
+                known = isinstance(exc, ForkserveError)  # already says what failed
+                self.report_boot_error(str(exc) if known else f"{type(exc).__name__}: {exc}")
                 code = WorkerExit.BOOT_ERROR
         finally:
             try:
