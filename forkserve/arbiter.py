@@ -143,7 +143,7 @@ class Arbiter:
             self.start()
             self.manage_workers()
             while self.serving_requests:
-                self.wait(LOOP_INTERVAL)
+                self.wait(self.next_wakeup())
                 self.dispatch_signals()
                 self.reap()
                 if not self.serving_requests:
@@ -189,6 +189,11 @@ class Arbiter:
                      len(self.reloader.snapshot))
         self.hooks.call("nworkers_changed", self, self.num_workers, None)
         self.hooks.call("when_ready", self)
+
+    def next_wakeup(self) -> float:
+        """Until the next heartbeat check, or sooner when a respawn after back-off is due."""
+        due = self.spawn_not_before - time.monotonic()
+        return min(LOOP_INTERVAL, due) if due > 0 else LOOP_INTERVAL
 
     def wait(self, timeout: float) -> None:
         assert self.signals is not None
@@ -271,7 +276,8 @@ class Arbiter:
         if len(current) < self.num_workers:
             if time.monotonic() >= self.spawn_not_before:
                 for _ in range(self.num_workers - len(current)):
-                    self.spawn()
+                    if self.spawn() is None:
+                        break
             return
         if any(w.state is not WorkerState.READY for w in current):
             return
@@ -292,8 +298,16 @@ class Arbiter:
             self.heartbeats.read(worker.slot).request_started)
         return busy, worker.started_at
 
-    def spawn(self) -> Worker:
-        slot = self.heartbeats.claim({w.slot for w in self.workers.values()})
+    def spawn(self) -> Worker | None:
+        try:
+            slot = self.heartbeats.claim({w.slot for w in self.workers.values()})
+        except RuntimeError:
+            # The shared table is sized at start (4x --workers, at least 64) and
+            # cannot grow under running workers: a restart sizes it anew.
+            log.error("Cannot start more than %d workers at once in this master; restart it "
+                      "(or USR2) to raise the limit", self.heartbeats.slots)
+            self.spawn_not_before = time.monotonic() + MAX_BACKOFF
+            return None
         self.heartbeats.reset(slot, 0)
         cfg = self.cfg
         worker = Worker(cfg, self.listeners, slot, self.heartbeats, self.generation, self.app,
