@@ -99,6 +99,7 @@ class ResponseReader:
         self.status = 0
         self.keep_alive = True
         self.received = 0
+        self.framing = ""  # how the last response's body was delimited
 
     def reset(self) -> None:
         self.buf.clear()
@@ -185,13 +186,13 @@ class ResponseReader:
         else:
             self.keep_alive = b"keep-alive" in connection
         if self.status in (204, 304):
-            self.state, self.remaining = LENGTH, 0
+            self.state, self.remaining, self.framing = LENGTH, 0, "no-body"
         elif chunked:
-            self.state = CHUNK_SIZE
+            self.state, self.framing = CHUNK_SIZE, "chunked"
         elif length is not None:
-            self.state, self.remaining = LENGTH, length
+            self.state, self.remaining, self.framing = LENGTH, length, "content-length"
         else:
-            self.state = UNTIL_EOF
+            self.state, self.framing = UNTIL_EOF, "close-delimited"
             self.keep_alive = False
         return True
 
@@ -427,3 +428,21 @@ def get_status(port: int, timeout_s: float = 1.0, path: str = "/") -> int | None
     except (OSError, ValueError):
         return None
     return None
+
+
+def fetch_once(port: int, request: bytes, timeout_s: float = 5.0) -> tuple[int, str]:
+    """Send one request; its status and body framing ("chunked", ...), or (0, why)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+            sock.sendall(request)
+            reader = ResponseReader()
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                data = sock.recv(RECV_SIZE)
+                if (not data and reader.feed_eof()) or (data and reader.feed(data)):
+                    return reader.status, reader.framing
+                if not data:
+                    return 0, "closed before the response ended"
+    except (OSError, ValueError) as exc:
+        return 0, f"error: {exc}"
+    return 0, "timed out"

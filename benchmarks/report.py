@@ -306,6 +306,73 @@ def format_meta(raw: Json) -> str:
     return "\n".join(lines)
 
 
+# The issue's targets (2 workers, same machine, medians of interleaved runs).
+# Each: label, scenario, peer, minimum forkserve/peer throughput ratio.
+THROUGHPUT_TARGETS = [
+    ("hello keep-alive >= 3.0x gunicorn sync", "hello-keepalive", "gunicorn-sync", 3.0),
+    ("hello keep-alive ahead of uWSGI", "hello-keepalive", "uwsgi", 1.0),
+    ("hello Connection: close >= 2.0x gunicorn sync", "hello-close", "gunicorn-sync", 2.0),
+    ("Flask keep-alive >= 1.8x gunicorn sync", "flask-keepalive", "gunicorn-sync", 1.8),
+]
+FAIRNESS_P99_MS = 10.0
+BASELINE_PEER = "gunicorn-sync"  # memory and start-up are judged against it
+MEMORY_TARGET_APPS = ("hello", "flask")  # the issue names the apps, not every scenario
+
+
+def evaluate_targets(raw: Json, summary: Json) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each target; met is None when not measurable."""
+    rows: list[tuple[str, str, bool | None]] = []
+    for label, scenario, peer, minimum in THROUGHPUT_TARGETS:
+        ratio = summary["scenarios"].get(scenario, {}).get("ratios", {}).get(peer)
+        # Three decimals: 2.996x must not print as a met "3.00x".
+        measured = "not measured" if ratio is None else f"{ratio:.3f}x"
+        rows.append((label, measured, None if ratio is None else ratio >= minimum))
+    rows.append(_fairness_target(summary))
+    rows += _memory_targets(summary)
+    micro = raw.get("micro") or {}
+    over = micro.get("forkserve_over_h11")
+    rows.append((
+        f"in-process path <= {micro.get('target_ratio', 1.3)}x a bare h11 round trip",
+        "not measured" if over is None else f"{over:.2f}x",
+        None if over is None else over <= micro.get("target_ratio", 1.3),
+    ))
+    return rows
+
+
+def _fairness_target(summary: Json) -> tuple[str, str, bool | None]:
+    label = f"fairness: every client served, p99 < {FAIRNESS_P99_MS:.0f} ms"
+    entry = summary["scenarios"].get("fairness", {}).get("servers", {}).get(SUBJECT)
+    if entry is None or entry["p99_ms"] is None:
+        return label, "not measured", None
+    measured = f"{entry['served_min']}/{entry['connections']}, p99 {entry['p99_ms']:.2f} ms"
+    return label, measured, not entry["failed"] and entry["p99_ms"] < FAIRNESS_P99_MS
+
+
+def _memory_targets(summary: Json) -> list[tuple[str, str, bool | None]]:
+    rows: list[tuple[str, str, bool | None]] = []
+    for app, by_peer in summary["memory_ratios"].items():
+        ratios = by_peer.get(BASELINE_PEER)
+        if ratios is None or app not in MEMORY_TARGET_APPS:
+            continue
+        for key, what in [("master_rss", "master RSS"), ("worker_rss", "worker RSS"),
+                          ("startup", "start-up to first 200")]:
+            ratio = ratios.get(key)
+            rows.append((
+                f"{app}: {what} <= gunicorn sync",
+                "not measured" if ratio is None else f"{ratio:.2f}x",
+                None if ratio is None else ratio <= 1.0,
+            ))
+    return rows
+
+
+def format_targets(raw: Json, summary: Json) -> str:
+    rows = [
+        [label, measured, "-" if met is None else ("met" if met else "NOT MET")]
+        for label, measured, met in evaluate_targets(raw, summary)
+    ]
+    return _table(["target (issue 6)", "forkserve measured", "status"], rows, text_columns=1)
+
+
 def format_report(raw: Json, summary: Json) -> str:
     """Everything as Markdown, in reading order."""
     parts = [
@@ -313,6 +380,7 @@ def format_report(raw: Json, summary: Json) -> str:
         "## Servers", format_servers(raw),
         "## Throughput", format_throughput(raw, summary),
         "## forkserve / peer", format_ratios(raw, summary),
+        "## Targets", format_targets(raw, summary),
         "## Latency", format_latency(raw, summary),
         "## Fairness (50 keep-alive clients, built-in client)", format_fairness(raw, summary),
         "## Memory and start-up", format_memory(raw, summary),

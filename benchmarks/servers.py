@@ -178,6 +178,10 @@ def free_port() -> int:
 class StartFailed(Exception):
     """The server exited or never answered 200; the message carries its log tail."""
 
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
 
 @dataclass
 class Running:
@@ -252,7 +256,9 @@ def _wait_ready(running: Running, began: float) -> float:
         # Short naps: start-up is measured to the first 200, so the polling
         # interval bounds its error.
         time.sleep(0.005)
-    raise StartFailed(f"no 200 within {START_TIMEOUT_S:.0f}s: {log_tail(running.log_path)}")
+    raise StartFailed(
+        f"no 200 within {START_TIMEOUT_S:.0f}s: {log_tail(running.log_path)}", timed_out=True
+    )
 
 
 def stop(running: Running) -> bool:
