@@ -45,7 +45,6 @@ _CHUNK_LINE = re.compile(
     rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
 )
 
-MAX_LEADING_EMPTY_LINES = 8
 # A chunk-size line with its extensions. Extensions are ignored, so anything
 # longer is an attack, not a client (gunicorn, nginx and node cap it similarly).
 MAX_CHUNK_LINE = 4096
@@ -129,13 +128,21 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits) -> int:
 
 
 def strip_leading_empty_lines(buf: bytes | bytearray) -> int:
-    """How many bytes of leading CRLFs to skip (RFC 9112 §2.2: ignore at least one)."""
+    """How many bytes of leading CRLFs to skip (RFC 9112 §2.2: ignore at least one).
+
+    Any number is skipped, so the verdict does not depend on how the bytes
+    were split into reads; the head deadline bounds a client that sends only
+    CRLFs. Anything irregular (a bare LF) is left for `find_head_end` to refuse.
+    """
+    if not buf.startswith(b"\r\n"):
+        return 0
+    run = len(buf) - len(buf.lstrip(b"\r\n"))
+    pairs = run // 2
+    if buf.startswith(b"\r\n" * pairs):
+        return pairs * 2
     skip = 0
-    for _ in range(MAX_LEADING_EMPTY_LINES):
-        if buf.startswith(b"\r\n", skip):
-            skip += 2
-        else:
-            break
+    while buf.startswith(b"\r\n", skip):
+        skip += 2
     return skip
 
 
