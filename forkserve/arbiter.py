@@ -383,7 +383,11 @@ class Arbiter:
             if worker is None:
                 continue  # not ours: an orphan re-parented to us as PID 1
             self.on_worker_exit(worker, status)
-            self.hooks.call("child_exit", self, worker)
+            try:
+                self.hooks.call("child_exit", self, worker)
+            except HookError:
+                if self.state is not State.STOPPING:
+                    raise  # fatal as in gunicorn; while stopping, logged is enough
 
     def on_worker_exit(self, worker: Worker, status: int) -> None:
         if os.WIFSIGNALED(status):
@@ -572,6 +576,8 @@ class Arbiter:
             os.chdir(LAUNCH_CWD)
             argv = [sys.executable, *sys.orig_argv[1:]]
             os.execve(sys.executable, argv, env)
+        except HookError:
+            pass  # logged with its traceback; the old master sees this child exit
         except BaseException:
             log.exception("Re-executing the master failed")
         finally:

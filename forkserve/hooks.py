@@ -51,6 +51,7 @@ FATAL = frozenset(
         "child_exit",
         "nworkers_changed",
         "on_reload",
+        "pre_exec",  # in the child a USR2 forked: the upgrade is abandoned
     }
 )
 

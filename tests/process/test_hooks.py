@@ -36,6 +36,8 @@ def test_hooks_are_called_in_order_in_the_right_process(tmp_path: Path) -> None:
         master = s.pid
         (w1,) = s.worker_pids()
         assert requests.get(s.url + "/hello", timeout=5).status_code == 200
+        # post_request runs after the response went out: let it land first.
+        wait_until(lambda: "post_request" in record.read_text(), what="post_request")
         s.send_signal(signal.SIGHUP)
         s.wait_for_log(r"Reload complete: generation 2")
         wait_until(lambda: w1 not in s.worker_pids(), what="old worker gone")
@@ -154,3 +156,13 @@ def test_pre_exec_runs_in_the_child_before_usr2_re_exec(tmp_path: Path) -> None:
         assert ("on_starting", new_master, "") in got  # the new master runs its hooks too
         os.kill(new_master, signal.SIGTERM)
         s.wait_for_log(r"The new master \(pid \d+\) exited")
+
+
+def test_a_failing_pre_exec_abandons_the_upgrade(tmp_path: Path) -> None:
+    record = tmp_path / "calls"
+    with serve(APP, "--hooks", "lifecycle_hooks", env=hooks_env(record, "pre_exec"),
+               wait_workers=1) as s:
+        s.send_signal(signal.SIGUSR2)
+        s.wait_for_log(r"The new master \(pid \d+\) exited \(status 1\); this master stays")
+        assert "Exception in the pre_exec hook" in s.log
+        assert requests.get(s.url + "/pid", timeout=5).status_code == 200
