@@ -139,7 +139,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)
-    if cfg.daemon:
+    if cfg.daemon and not fds:  # a USR2 re-exec stays the old master's child: already detached
         daemonize()
 
     def reload_config() -> Config:
