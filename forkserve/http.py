@@ -174,7 +174,8 @@ def _field_lines(lines: list[bytes], limits: Limits) -> list[tuple[bytes, bytes]
         raise HTTPError(431, "too many header fields")
     fields = []
     for line in lines:
-        if len(line) > limits.field_size:
+        if len(line) + 2 > limits.field_size:
+            # The line with its CRLF, as gunicorn counts --limit-request-field-size.
             raise HTTPError(431, "header field too long")
         if not line:
             raise HTTPError(400, "empty header line")
