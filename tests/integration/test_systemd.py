@@ -160,3 +160,17 @@ def test_no_watchdog_pings_for_another_process(tmp_path: Path) -> None:
         time.sleep(0.6)
     assert not [m for _, m in listener.poll() if m == "WATCHDOG=1"]
     listener.sock.close()
+
+
+def test_new_master_announces_mainpid_after_usr2(tmp_path: Path) -> None:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    with serve("deploy_apps:app", env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}) as s:
+        listener.wait("READY=1")
+        s.send_signal(signal.SIGUSR2)
+        listener.wait("READY=1", count=2)
+        ready = [m for _, m in listener.poll() if m.startswith("READY=1")]
+        new_master = int(ready[1].split("MAINPID=")[1])
+        assert ready[0] == f"READY=1\nMAINPID={s.pid}"
+        assert new_master != s.pid  # systemd now follows the upgraded master
+        os.kill(new_master, signal.SIGTERM)
+    listener.sock.close()
