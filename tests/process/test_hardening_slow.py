@@ -1,0 +1,233 @@
+"""Slow and abusive clients against real workers: none of them can hold a worker past a deadline.
+
+- trickled heads and bodies are parked (bodies up to --body-buffer-size are
+  received before the app runs), so normal clients are answered meanwhile,
+  and each slow client is cut off at its deadline with a 408;
+- hundreds of connections that send nothing are bounded per worker
+  (--worker-connections), the longest idle closed first, with a log line;
+- a client that never reads a large response is cut off at --write-timeout
+  and the same worker goes on serving;
+- a streamed body (larger than --body-buffer-size) is cut off at
+  --body-timeout counted for the whole body, not per read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Server, serve, status_of
+
+pytestmark = pytest.mark.process
+
+DEADLINE = 2.0  # --header-timeout and --body-timeout of the trickle server
+TICK = 0.5  # seconds between trickled bytes
+
+
+@pytest.fixture(scope="module")
+def trickle_server() -> Iterator[Server]:
+    with serve("hardening_apps:slow_clients", "--workers", "2",
+               "--header-timeout", str(DEADLINE), "--body-timeout", str(DEADLINE),
+               wait_workers=2) as server:
+        yield server
+
+
+def get(address: tuple[str, int], path: str = "/", timeout: float = 10.0) -> tuple[int, dict]:
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % path.encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    body = data.partition(b"\r\n\r\n")[2]
+    return status_of(data), (json.loads(body) if body.startswith(b"{") else {})
+
+
+class Trickler(threading.Thread):
+    """Sends `head`, then one byte every TICK seconds until the server answers or closes."""
+
+    def __init__(self, address: tuple[str, int], head: bytes, drip: bytes) -> None:
+        super().__init__(daemon=True)
+        self.address, self.head, self.drip = address, head, drip
+        self.started_at = 0.0
+        self.elapsed = -1.0
+        self.answer = b""
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with socket.create_connection(self.address, timeout=10) as sock:
+            self.started_at = time.monotonic()
+            sock.sendall(self.head)
+            self.ready.set()
+            for byte in self.drip * 100:
+                readable, _, _ = select.select([sock], [], [], TICK)
+                if readable:
+                    break
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    break
+            try:
+                while chunk := sock.recv(65536):
+                    self.answer += chunk
+            except OSError:
+                pass
+            self.elapsed = time.monotonic() - self.started_at
+
+
+def test_trickled_heads_and_bodies_hold_no_worker(trickle_server: Server) -> None:
+    address = trickle_server.address
+    slow = [Trickler(address, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", b"abcdefgh")
+            for _ in range(3)]
+    slow += [Trickler(address, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n",
+                      b"0123456789") for _ in range(3)]
+    for t in slow:
+        t.start()
+    for t in slow:
+        assert t.ready.wait(5)
+    time.sleep(TICK * 1.5)  # every slow client has trickled a little by now
+    # Two workers, six slow clients: if any slow client held a worker, normal
+    # requests would wait for the 2 s deadlines. They are answered at once.
+    for _ in range(5):
+        started = time.monotonic()
+        status, echo = get(address, "/normal")
+        assert status == 200 and echo["path"] == "/normal"
+        assert time.monotonic() - started < 0.8 * DEADLINE
+        time.sleep(0.1)
+    for t in slow:
+        t.join(10)
+        assert not t.is_alive()
+        # cut off at its deadline (checked every 0.25 s by the worker), with a 408
+        assert DEADLINE - 0.3 <= t.elapsed <= DEADLINE + 1.5, t.elapsed
+        assert status_of(t.answer) == 408, t.answer[:100]
+
+
+@pytest.fixture(scope="module")
+def idle_server() -> Iterator[Server]:
+    with serve("hardening_apps:slow_clients", "--workers", "2", "--worker-connections", "100",
+               "--header-timeout", "60", "--keep-alive", "60", wait_workers=2) as server:
+        yield server
+
+
+def open_sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_idle_connection_flood_is_bounded(idle_server: Server) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 700:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    address = idle_server.address
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            idle.append(socket.create_connection(address, timeout=5))
+        # Some of them also start a request and stop (a parked partial head).
+        for sock in idle[::10]:
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+        # The kernel hands silent connections to the workers only after its
+        # TCP_DEFER_ACCEPT wait; give it time, serving normal clients meanwhile.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            status, _ = get(address, "/during-flood")
+            assert status == 200
+            assert time.monotonic() - started < 2.0
+            if "--worker-connections=100" in idle_server.log:
+                break
+            time.sleep(0.2)
+        log = idle_server.wait_for_log(r"worker at --worker-connections=100: closing the "
+                                       r"longest idle connection", timeout=1)
+        assert "Traceback" not in log
+        for pid in idle_server.worker_pids():
+            # its parked connections, plus the listener and a few pipes
+            assert open_sockets(pid) <= 100 + 5, pid
+        # The flood's oldest connections were the ones closed: a silent socket
+        # the server dropped reads EOF (or a reset).
+        closed = 0
+        for sock in idle[:100]:
+            sock.setblocking(False)
+            try:
+                closed += sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        assert closed > 0
+        status, _ = get(address, "/after-flood")
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> Iterator[Server]:
+    with serve("hardening_apps:slow_clients", "--workers", "1", "--write-timeout", "1",
+               "--body-buffer-size", "100", "--body-timeout", "1.5", wait_workers=1) as server:
+        yield server
+
+
+def test_client_that_never_reads_is_cut_off(one_worker: Server) -> None:
+    address = one_worker.address
+    sock = socket.create_connection(address, timeout=10)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(0.3)
+        peeked = sock.recv(4096, socket.MSG_PEEK)  # look, but read nothing
+        pid = int(re.search(rb"X-Pid: (\d+)", peeked).group(1))  # type: ignore[union-attr]
+        started = time.monotonic()
+        # One worker, and it is stuck writing to a client that does not read:
+        # this request is answered once the write timeout frees the worker.
+        status, echo = get(address, "/next")
+        waited = time.monotonic() - started
+        assert status == 200 and echo["pid"] == pid  # the same worker goes on serving
+        assert waited < 1 + 3.0
+        one_worker.wait_for_log(r"client did not read the response in time", timeout=5)
+        # The stalled response was cut short: far less than its 64 MiB arrived.
+        received = 0
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except OSError:
+            pass
+        assert received < 64 << 20
+    finally:
+        sock.close()
+    assert one_worker.worker_pids() == [pid]
+
+
+def test_streamed_body_deadline_counts_the_whole_body(one_worker: Server) -> None:
+    # Larger than --body-buffer-size (100): streamed to the app as it arrives,
+    # holding the worker, so the body deadline (1.5 s) counts from the head,
+    # however steadily the bytes trickle in.
+    slow = Trickler(one_worker.address,
+                    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 200,
+                    b"0123456789")
+    slow.start()
+    slow.join(10)
+    assert status_of(slow.answer) == 408
+    assert 1.2 <= slow.elapsed <= 3.0, slow.elapsed
+    status, _ = get(one_worker.address, "/after")
+    assert status == 200
