@@ -72,7 +72,7 @@ def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 def _big(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """64 MiB in 64 KiB pieces: far more than socket buffers hold."""
     piece = b"x" * 65536
-    count = 1024
+    count = int(environ["QUERY_STRING"] or "1024")
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
                               ("Content-Length", str(len(piece) * count)),
                               ("X-Pid", str(os.getpid()))])
@@ -92,10 +92,20 @@ def _sleep(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
     return [b"ok"]
 
 
+def _file(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """This very file, through wsgi.file_wrapper (sendfile on plain TCP)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    result: Iterable[bytes] = environ["wsgi.file_wrapper"](open(__file__, "rb"))
+    return result
+
+
 def slow_clients(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """/big: a large response; /sleep?S: answers after S seconds; else echo."""
+    """/big?N: N x 64 KiB; /file: this file via file_wrapper; /sleep?S: answers after S
+    seconds; anything else: echo."""
     if environ["PATH_INFO"] == "/big":
         return _big(environ, start_response)
+    if environ["PATH_INFO"] == "/file":
+        return _file(environ, start_response)
     if environ["PATH_INFO"] == "/sleep":
         return _sleep(environ, start_response)
     return echo(environ, start_response)
