@@ -185,9 +185,14 @@ class Connection:
         if settings.tls is not None:
             # The handshake runs non-blocking while parked, under the head deadline,
             # so a client that never finishes it costs the worker nothing.
-            sock = settings.tls.wrap_socket(sock, server_side=True,
-                                            do_handshake_on_connect=False)
             self.handshaking = True
+            try:
+                sock = settings.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+            except (OSError, ValueError) as exc:
+                # Gone already (reset before accept): the first read closes it;
+                # closing here would leave the worker a dead fd to register.
+                log.debug("TLS setup for %s failed: %s", peer, exc)
         self.sock = sock
         self.peer = peer
         self.base = base
@@ -262,7 +267,9 @@ class Connection:
     def _handshake(self) -> bool:
         """One non-blocking step of the TLS handshake; True once it is done."""
         sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
+        if not isinstance(sock, ssl.SSLSocket):
+            self.close()
+            return False
         try:
             sock.do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
