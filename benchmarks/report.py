@@ -333,7 +333,7 @@ def evaluate_targets(raw: Json, summary: Json) -> list[tuple[str, str, bool | No
     over = micro.get("forkserve_over_h11")
     rows.append((
         f"in-process path <= {micro.get('target_ratio', 1.3)}x a bare h11 round trip",
-        "not measured" if over is None else f"{over:.2f}x",
+        "not measured" if over is None else f"{over:.3f}x",
         None if over is None else over <= micro.get("target_ratio", 1.3),
     ))
     return rows
@@ -359,7 +359,7 @@ def _memory_targets(summary: Json) -> list[tuple[str, str, bool | None]]:
             ratio = ratios.get(key)
             rows.append((
                 f"{app}: {what} <= gunicorn sync",
-                "not measured" if ratio is None else f"{ratio:.2f}x",
+                "not measured" if ratio is None else f"{ratio:.3f}x",
                 None if ratio is None else ratio <= 1.0,
             ))
     return rows
@@ -469,10 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Re-render a saved benchmark result.")
     parser.add_argument("json_path", type=Path)
     parser.add_argument("--chart", action="store_true", help="also write the PNG beside it")
+    parser.add_argument("--markdown", action="store_true", help="also write the .md beside it")
     args = parser.parse_args(argv)
     raw = json.loads(args.json_path.read_text())
     summary = summarize(raw)
-    print(format_report(raw, summary))
+    text = format_report(raw, summary)
+    print(text)
+    if args.markdown:
+        args.json_path.with_suffix(".md").write_text("# Benchmark run\n\n" + text)
     if args.chart:
         problem = render_chart(raw, summary, args.json_path.with_suffix(".png"))
         if problem:

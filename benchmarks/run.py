@@ -43,12 +43,21 @@ WARM_UP_CONNECTIONS = 8
 Json = dict[str, Any]
 
 
+# Short name -> WSGI path. Each app is one server start per repetition.
+APPS = {
+    "hello": "benchmarks.apps:hello",
+    "flask": "benchmarks.flask_app:app",
+    "stream": "benchmarks.apps:stream",
+    "echo": "benchmarks.apps:echo",
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One measured situation: an app, a request and how many clients send it."""
 
     name: str
-    app: str
+    app_label: str  # a key of APPS
     description: str
     connections: int
     close: bool = False
@@ -62,8 +71,8 @@ class Scenario:
         return "fairness" if self.fairness else "load"
 
     @property
-    def app_label(self) -> str:
-        return self.app.rsplit(":", 1)[-1] if "apps:" in self.app else "flask"
+    def app(self) -> str:
+        return APPS[self.app_label]
 
     def request_bytes(self, port: int) -> bytes:
         return client.build_request(
@@ -74,7 +83,7 @@ class Scenario:
         return wrk.WrkRequest(self.method, self.path, self.body_size, self.close)
 
 
-HELLO = "benchmarks.apps:hello"
+HELLO = "hello"
 SCENARIOS: list[Scenario] = [
     Scenario("hello-keepalive", HELLO, "hello world, 50 keep-alive connections", 50),
     Scenario("hello-close", HELLO,
@@ -85,12 +94,12 @@ SCENARIOS: list[Scenario] = [
     Scenario("fairness", HELLO,
              "hello world, 50 keep-alive clients tracked one by one (built-in client): how many "
              "were served at least once, and their latency", 50, fairness=True),
-    Scenario("flask-keepalive", "benchmarks.flask_app:app",
+    Scenario("flask-keepalive", "flask",
              "Flask route returning JSON built from the query string, 50 keep-alive "
              "connections", 50, path="/items?a=1&b=two"),
-    Scenario("stream-1mib", "benchmarks.apps:stream",
+    Scenario("stream-1mib", "stream",
              "1 MiB response streamed as 16 chunks of 64 KiB, 50 keep-alive connections", 50),
-    Scenario("post-64kib", "benchmarks.apps:echo",
+    Scenario("post-64kib", "echo",
              "POST of a 64 KiB body echoed back, 50 keep-alive connections", 50,
              method="POST", body_size=POST_BODY_SIZE),
 ]
@@ -508,7 +517,7 @@ def write_outputs(opts: Options, raw: Json) -> None:
     print("\n" + text)
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     (opts.results_dir / "latest.json").write_text(json.dumps(raw, indent=1) + "\n")
-    (opts.results_dir / "latest.md").write_text("# Latest benchmark run\n\n" + text)
+    (opts.results_dir / "latest.md").write_text("# Benchmark run\n\n" + text)
     print(f"wrote {opts.results_dir / 'latest.json'} and latest.md")
     if opts.chart:
         problem = report.render_chart(raw, summary, opts.results_dir / "latest.png")
