@@ -96,7 +96,7 @@ class Arbiter:
         self.generation = 1
         self.last_generation = 1
         # What a failed reload falls back to: generation, config, pool size.
-        self.serving: tuple[int, Config, int] = (1, cfg, cfg.workers)
+        self.fallback: tuple[int, Config, int] = (1, cfg, cfg.workers)
         self.state = State.BOOTING
         self.stop_graceful = True
         self.exit_status = 0
@@ -129,7 +129,8 @@ class Arbiter:
         return self.cfg.proc_name or self.cfg.app
 
     @property
-    def serving_requests(self) -> bool:
+    def running(self) -> bool:
+        """Not stopping (a property, so mypy does not narrow `state` across the loop)."""
         return self.state is not State.STOPPING
 
     def set_title(self) -> None:
@@ -142,11 +143,11 @@ class Arbiter:
         try:
             self.start()
             self.manage_workers()
-            while self.serving_requests:
+            while self.running:
                 self.wait(self.next_wakeup())
                 self.dispatch_signals()
                 self.reap()
-                if not self.serving_requests:
+                if not self.running:
                     break
                 now = time.monotonic()
                 self.check_workers(now)
@@ -291,7 +292,7 @@ class Arbiter:
                      "Ready" if self.state is State.BOOTING else "Reload complete",
                      self.generation, len(current))
             self.state = State.RUNNING
-            self.serving = (self.generation, self.cfg, self.num_workers)
+            self.fallback = (self.generation, self.cfg, self.num_workers)
 
     def retire_order(self, worker: Worker) -> tuple[bool, float]:
         busy = worker.state is WorkerState.READY and bool(
@@ -428,7 +429,7 @@ class Arbiter:
             self.stop(graceful=False)
         elif self.state is State.RELOADING:
             failed = self.generation
-            self.generation, self.cfg, self.num_workers = self.serving
+            self.generation, self.cfg, self.num_workers = self.fallback
             self.state = State.RUNNING
             self.set_title()
             log.error("Reload failed, generation %d keeps serving: a worker of generation %d "
