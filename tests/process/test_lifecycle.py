@@ -246,3 +246,36 @@ def test_process_titles_show_role_app_generation_and_requests() -> None:
         wait_until(lambda: worker not in s.worker_pids(), what="old worker gone")
         (new,) = s.worker_pids()
         assert process_title(new).startswith("forkserve: worker [shop] gen 2")
+
+
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+def test_reloader_sees_changes_added_and_removed_files(tmp_path: Path,
+                                                       use_inotify: bool) -> None:
+    from forkserve.reloader import POLL_INTERVAL, Reloader
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("a = 1\n")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "skip.py").write_text("")
+    (tmp_path / "page.html").write_text("x")
+    reloader = Reloader([str(tmp_path)], [str(tmp_path / "*.html")], use_inotify=use_inotify)
+    try:
+        assert set(reloader.snapshot) == {str(tmp_path / "pkg" / "a.py"),
+                                          str(tmp_path / "page.html")}
+        clock = 100.0
+
+        def changed() -> list[str]:
+            nonlocal clock
+            clock += POLL_INTERVAL
+            return reloader.changed(clock)
+
+        assert changed() == []
+        (tmp_path / "pkg" / "a.py").write_text("a = 22\n")
+        (tmp_path / "pkg" / "b.py").write_text("")
+        (tmp_path / ".venv" / "skip.py").write_text("ignored")
+        assert changed() == [str(tmp_path / "pkg" / "a.py"), str(tmp_path / "pkg" / "b.py")]
+        (tmp_path / "page.html").unlink()
+        assert changed() == [str(tmp_path / "page.html")]
+        assert changed() == []
+    finally:
+        reloader.close()
