@@ -200,3 +200,32 @@ def test_signals_to_a_worker_term_quit_and_abrt() -> None:
             wait_until(lambda: len(booted_pids(s.log)) >= 2, what="replacement booted")
             assert get_pid(s) != worker
         assert "Current thread" in s.log  # ABRT dumped the worker's stack
+
+
+def test_term_answers_the_requests_already_waiting_in_the_backlog() -> None:
+    import socket
+    import threading
+
+    s = Server(APP, "--workers", "1", "--graceful-timeout", "10", wait_workers=1).start()
+    try:
+        slow: dict[str, int] = {}
+        t = threading.Thread(target=lambda: slow.setdefault(
+            "status", requests.get(s.url + "/slow?1.5", timeout=10).status_code))
+        t.start()
+        time.sleep(0.4)  # the only worker is now inside the app
+        waiting = [socket.create_connection(s.address, timeout=10) for _ in range(20)]
+        for c in waiting:
+            c.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # completed by the kernel, queued in the listen backlog
+        s.send_signal(signal.SIGTERM)
+        for c in waiting:
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+            c.close()
+            assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower()
+        t.join(10)
+        assert slow["status"] == 200
+        assert s.wait_exit(15) == 0
+    finally:
+        s.kill()
