@@ -333,21 +333,12 @@ class Connection:
             return self.state
         buffer_size = self.settings.body_buffer_size
         if facts.expect_continue:
-            if length is not None and length > buffer_size:
-                # Too large to hold: the app decides whether to read it, and
-                # 100 Continue goes out when it first does (RFC 9110 §10.1.1).
-                return self._stream_rest(rest)
-            # Small, or chunked: receive it parked, like any other small body.
-            try:
-                sent = self.sock.send(CONTINUE)
-            except OSError:
-                sent = 0
-            if sent != len(CONTINUE):
-                self.close()
-                return self.state
-            self.facts = facts = HeadFacts(facts.method, facts.http11, facts.chunked,
-                                           facts.content_length, False)
-        elif length is not None and length > buffer_size:
+            # The app decides whether it wants the body: 100 Continue goes out
+            # when it first reads (RFC 9110 §10.1.1), so the body is streamed.
+            # The price: a client that then trickles holds this worker up to
+            # --body-timeout (docs/security.md).
+            return self._stream_rest(rest)
+        if length is not None and length > buffer_size:
             return self._stream_rest(rest)  # too large to hold: streamed to the app
         self.state = State.BODY
         self.deadline = self.body_deadline
@@ -462,7 +453,9 @@ class Connection:
                 self.refuse(exc.status, exc.detail)
                 return
         hooks.started(request, environ, self.peer)
-        writer = ResponseWriter(self, environ["REQUEST_METHOD"] == "HEAD", request.http_version)
+        writer = ResponseWriter(
+            self, environ["REQUEST_METHOD"] == "HEAD", request.http_version, body
+        )
         start_response = StartResponse(writer.write_legacy)
         writer.start = start_response
         result: Iterable[bytes] | None = None
