@@ -19,6 +19,9 @@ import glob
 import os
 
 POLL_INTERVAL = 1.0  # seconds between rescans without inotify
+# With inotify, rescan this long after the first event: an editor's save is
+# often several writes (truncate, write, rename), and one reload should follow.
+SETTLE = 0.2
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
 
 # <sys/inotify.h>
@@ -89,6 +92,7 @@ class Reloader:
         self.inotify = Inotify.open() if use_inotify else None
         self.snapshot = self.scan()
         self.next_poll = 0.0
+        self.settle_until = 0.0  # inotify: an event was seen, rescan from then on
 
     def fileno(self) -> int | None:
         """The inotify fd to wait on, or None (then call `changed()` every POLL_INTERVAL)."""
@@ -114,8 +118,11 @@ class Reloader:
     def changed(self, now: float) -> list[str]:
         """The watched files added, changed or removed since the last call."""
         if self.inotify is not None:
-            if not self.inotify.drain():
+            if self.inotify.drain() and not self.settle_until:
+                self.settle_until = now + SETTLE
+            if not self.settle_until or now < self.settle_until:
                 return []
+            self.settle_until = 0.0
         elif now < self.next_poll:
             return []
         self.next_poll = now + POLL_INTERVAL
