@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,10 +46,17 @@ def wait_for_mark(marks: Path, text: str, timeout: float = 5.0) -> None:
     raise AssertionError(f"{text!r} never marked; marks: {marks.read_text()!r}")
 
 
+_LEFTOVER: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bytes]:
-    """Read one Content-Length-framed response from `sock`: (head, body)."""
+    """Read one Content-Length-framed response from `sock`: (head, body).
+
+    Bytes past that response (the next pipelined answer) are kept for the
+    next call on the same socket.
+    """
     sock.settimeout(timeout)
-    buf = b""
+    buf = _LEFTOVER.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -65,7 +73,9 @@ def read_response(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, byt
         if not chunk:
             break
         rest += chunk
-    return head, rest
+    if len(rest) > length:
+        _LEFTOVER[sock] = rest[length:]
+    return head, rest[:length]
 
 
 # -- plain requests ----------------------------------------------------------
