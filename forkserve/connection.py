@@ -855,37 +855,67 @@ class ResponseWriter:
             self.broken = True
 
 
-def process_request_bytes(app: Callable[..., Any], raw: bytes) -> bytes:
-    """Run one request through the whole request path in memory (for benchmarks).
+class InProcessClient:
+    """One keep-alive connection over a socketpair, driven without a worker loop.
 
-    Bytes in -> pre-check -> h11 -> environ -> app -> response bytes out,
-    with a socketpair standing in for the client so the real code runs.
+    For benchmarks and tests of the request path: bytes in -> pre-check -> h11
+    -> environ -> app -> response bytes out, through the same `Connection`
+    code a worker runs, minus the epoll wake-up.
     """
-    client, server = socket.socketpair()
-    try:
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.client, server = socket.socketpair()
+        self.client.setblocking(False)
         server.setblocking(False)
         settings = Settings(Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20)
         base = ServerFacts("localhost", "80").base_environ(sys.stderr, FileWrapper)
-        conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
-        client.sendall(raw)
-        conn.on_readable(time.monotonic())
-        if conn.state is State.READY:
-            conn.run(app, AccessLog(None, ""), RequestHooks())
-        conn.close()
-        client.settimeout(1.0)
+        self.conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
+        self.access_log = AccessLog(None, "")
+        self.hooks = RequestHooks()
+
+    def request(self, raw: bytes) -> bytes:
+        """Send `raw`, run every complete request in it, return what the server wrote."""
+        self.client.sendall(raw)
+        state = self.conn.on_readable(time.monotonic())
+        while state is State.READY:
+            self.conn.run(self.app, self.access_log, self.hooks)
+            state = self.conn.state
         chunks = []
         while True:
             try:
-                chunk = client.recv(RECV_SIZE)
-            except (TimeoutError, BlockingIOError):
+                chunk = self.client.recv(RECV_SIZE)
+            except BlockingIOError:
                 break
             if not chunk:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
-    finally:
-        client.close()
-        server.close()
+
+    @property
+    def open(self) -> bool:
+        return self.conn.state is not State.CLOSED
+
+    def close(self) -> None:
+        self.conn.close()
+        self.client.close()
+
+
+_IN_PROCESS: dict[int, InProcessClient] = {}
+
+
+def process_request_bytes(app: Callable[..., Any], raw: bytes) -> bytes:
+    """Run the request(s) in `raw` through the whole request path in memory.
+
+    Reuses one keep-alive connection per app, as a real client would, so a
+    loop of calls measures the per-request cost, not socket setup.
+    """
+    client = _IN_PROCESS.get(id(app))
+    if client is None or not client.open or client.app is not app:
+        if client is not None:
+            client.close()
+        client = _IN_PROCESS[id(app)] = InProcessClient(app)
+    return client.request(raw)
 
 
 def settings_from(cfg: Config) -> Settings:
