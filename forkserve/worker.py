@@ -21,6 +21,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -261,7 +262,14 @@ class WorkerLoop:
         faulthandler.enable(file=_error_log_fd(), all_threads=True)
 
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
-        # A Python-level handler: it runs in the main thread between bytecodes.
+        # A Python-level handler: it runs in the main thread between bytecodes,
+        # after faulthandler's dump. That dump names threads by id only: add names.
+        names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
+                          if t.ident is not None)
+        try:
+            os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()

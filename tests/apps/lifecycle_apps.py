@@ -41,6 +41,10 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         stuck_in_the_app(float(query or 3600))
     elif path == "/grow":
         BALLAST.append(b"x" * (int(query or 1) * 1024 * 1024))
+    elif path == "/busy-in-c":
+        # One long C loop that never returns to the interpreter (sum over a
+        # range checks no signals): no Python signal handler can run.
+        sum(range(10**15))
     elif path == "/crash":
         os._exit(7)
     return _reply(start_response, {"pid": os.getpid(), "version": VERSION,

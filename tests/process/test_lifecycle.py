@@ -50,9 +50,23 @@ def test_timeout_logs_the_request_and_every_thread_stack_then_replaces_the_worke
         assert "Current thread" in dump and dump.count("Thread 0x") >= 1
         assert re.search(r'lifecycle_apps\.py", line \d+ in stuck_in_the_app', dump)
         assert re.search(r'lifecycle_apps\.py", line \d+ in _background_thread', dump)
+        assert re.search(r"Thread names: .*0x[0-9a-f]{16} = helper-thread", dump)
         assert "exited with ABORTED" in dump  # it exited by itself, no SIGKILL needed
         wait_until(lambda: len(booted_pids(s.log)) == 2, what="a replacement")
         assert get(s)["pid"] != worker
+
+
+def test_timeout_of_a_worker_stuck_in_c_still_dumps_its_stack_then_kills_it() -> None:
+    with serve(APP, "--workers", "1", "--timeout", "1", wait_workers=1) as s:
+        (worker,) = s.worker_pids()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(s.url + "/busy-in-c", timeout=15)
+        log = s.wait_for_log(rf"Worker {worker} was killed by SIGKILL")
+        dump = log[log.index(f"WORKER TIMEOUT (pid:{worker}) stuck serving GET /busy-in-c"):]
+        # faulthandler wrote from C although the interpreter never got control back.
+        assert re.search(r'lifecycle_apps\.py", line \d+ in _app', dump)
+        assert "exited with ABORTED" not in dump
+        wait_until(lambda: len(booted_pids(s.log)) == 2, what="a replacement")
 
 
 def test_boot_timeout_stops_the_master_with_the_import_stack() -> None:
