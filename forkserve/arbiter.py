@@ -420,7 +420,8 @@ class Arbiter:
 
     def boot_failed(self, worker: Worker, reason: str, exit_status: int) -> None:
         """A worker could not load the app or boot: what that means depends on our state."""
-        if self.state is State.STOPPING or worker.generation != self.generation:
+        if (self.state is State.STOPPING or worker.generation != self.generation
+                or worker.state is WorkerState.DRAINING):  # no longer wanted anyway
             log.info("Worker %d (gen %d) could not boot: %s", worker.pid, worker.generation,
                      reason)
         elif self.state is State.BOOTING:
