@@ -118,8 +118,7 @@ class HookRequest:
     peer: tuple[str, int] | None
 
     @classmethod
-    def from_environ(cls, environ: dict[str, Any],
-                     peer: tuple[str, int] | None) -> HookRequest:
+    def from_environ(cls, environ: dict[str, Any]) -> HookRequest:
         headers = [
             (key[5:].replace("_", "-").title(), str(value))
             for key, value in environ.items()
@@ -128,6 +127,8 @@ class HookRequest:
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(key):
                 headers.append((key.replace("_", "-").title(), str(environ[key])))
+        port = str(environ.get("REMOTE_PORT", ""))
+        peer = (str(environ.get("REMOTE_ADDR", "")), int(port)) if port.isdigit() else None
         return cls(
             method=str(environ.get("REQUEST_METHOD", "")),
             path=str(environ.get("PATH_INFO", "")),

@@ -174,7 +174,7 @@ class _Hooks(RequestHooks):
     def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
         self.slot.request_finished(time.monotonic())
         if self.want_post:
-            req = self.req or HookRequest.from_environ(environ, None)
+            req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
             self.hooks.call("post_request", self.worker, req, environ, resp)
 
@@ -186,10 +186,7 @@ class _Hooks(RequestHooks):
 
         def app_with_pre_request(environ: dict[str, Any],
                                  start_response: Callable[..., Any]) -> Iterable[bytes]:
-            peer = None
-            if environ.get("REMOTE_PORT"):
-                peer = (str(environ.get("REMOTE_ADDR", "")), int(environ["REMOTE_PORT"]))
-            self.req = HookRequest.from_environ(environ, peer)
+            self.req = HookRequest.from_environ(environ)
             fn = hooks.functions["pre_request"]
             try:
                 fn(worker, self.req)
