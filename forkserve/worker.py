@@ -250,7 +250,7 @@ class WorkerLoop:
 
         faulthandler writes the stacks from C, straight to the error log's fd, so
         it works even when the app is stuck where no Python signal handler would
-        run (a C call holding the GIL, a catastrophic regex). It then restores
+        run (a long C call that never returns to the interpreter). It then restores
         and re-raises to the handler installed before it, our Python one, which
         runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
         SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
