@@ -17,6 +17,7 @@ also saves h11's 17 µs send path per request.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import os
@@ -332,6 +333,11 @@ class Connection:
             self.state = State.READY
             return self.state
         buffer_size = self.settings.body_buffer_size
+        if facts.expect_continue and rest:
+            # The client did not wait: its body is already arriving. RFC 9110
+            # §10.1.1 lets the server omit the 100 then, and the body is
+            # received like any other (parked, checked before the app runs).
+            facts = self.facts = dataclasses.replace(facts, expect_continue=False)
         if facts.expect_continue:
             # The app decides whether it wants the body: 100 Continue goes out
             # when it first reads (RFC 9110 §10.1.1), so the body is streamed.

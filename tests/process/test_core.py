@@ -173,6 +173,18 @@ def test_expect_100_continue_not_sent_when_the_app_does_not_read(server: Server)
         assert b"connection: close" in head.lower()
 
 
+def test_expect_100_continue_with_the_body_already_sent(server: Server) -> None:
+    """RFC 9110 §10.1.1: a client that did not wait gets no 100; its body is read as usual."""
+    resp = raw_request(server.address, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                       b"Expect: 100-continue\r\nConnection: close\r\n\r\nhello")
+    assert resp.startswith(b"HTTP/1.1 200 OK")
+    assert json.loads(resp.partition(b"\r\n\r\n")[2])["body"] == "hello"
+    # Truncated: the body is checked before the app runs, so this is a 400.
+    resp = raw_request(server.address, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                       b"Expect: 100-continue\r\n\r\nhel")
+    assert status_of(resp) == 400 and b"environ" not in resp
+
+
 def test_head_has_headers_but_no_body(server: Server) -> None:
     resp = raw_request(server.address, b"HEAD /hello HTTP/1.1\r\nHost: x\r\n"
                        b"Connection: close\r\n\r\n")
