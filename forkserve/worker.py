@@ -427,8 +427,12 @@ class WorkerLoop:
             self.epoll.unregister(fd)
             self.listen_socks[fd][0].close()
         self.listen_socks.clear()
+        # Close only connections idle between requests. One just accepted whose
+        # first bytes are still in flight (no TCP_DEFER_ACCEPT on unix sockets)
+        # is a request on its way: it keeps its head deadline and gets served.
         for conn in list(self.conns.values()):
-            if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf):
+            idle_between = conn.state is State.HEAD and not conn.buf and conn.requests > 0
+            if conn.state is State.IDLE or idle_between:
                 self._forget(conn)
 
 

@@ -572,3 +572,23 @@ def test_script_name_from_the_environment() -> None:
     with serve("core_apps:app", env={"SCRIPT_NAME": "/mount"}) as s:
         env = requests.get(s.url + "/mount/echo", timeout=5).json()["environ"]
         assert env["SCRIPT_NAME"] == "/mount" and env["PATH_INFO"] == "/echo"
+
+
+def test_term_serves_a_connection_accepted_before_its_request_arrived(tmp_path: Path) -> None:
+    """Unix sockets have no TCP_DEFER_ACCEPT: a connection can be accepted before its
+    request; a graceful stop must still answer it rather than close it unanswered."""
+    path = tmp_path / "fs.sock"
+    s = Server("core_apps:app", bind=[f"unix:{path}"]).start()
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+            time.sleep(0.3)  # the worker has accepted it by now
+            s.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            c.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = read_response(c)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"Hello, world!"
+            assert b"Connection: close" in head
+        assert s.wait_exit(15) == 0
+    finally:
+        s.kill()
