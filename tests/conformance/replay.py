@@ -13,13 +13,27 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tests.support import Server
 
 MODES = ("whole", "lines", "bytes", "random")
 READ_TIMEOUT = 5.0
 PAUSE = 0.0005  # between pieces, so the server sees them in separate reads
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")
+
+
+@dataclass
+class Target:
+    """A running worker under test and the file its echo app appends a line to per hit."""
+
+    server: Server
+    hits: Path
+
+    def hit_count(self) -> int:
+        return len(self.hits.read_bytes().splitlines())
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conformance.replay import MODES, Exchange, converse, read_responses, split
-from tests.support import Server, serve
+from tests.conformance.replay import MODES, Exchange, Target, converse, read_responses, split
+from tests.support import serve
 
 pytestmark = pytest.mark.process
 
@@ -67,15 +67,6 @@ def load_cases() -> list[Case]:
 
 
 CASES = load_cases()
-
-
-@dataclass
-class Target:
-    server: Server
-    hits: Path
-
-    def hit_count(self) -> int:
-        return len(self.hits.read_bytes().splitlines())
 
 
 @pytest.fixture(scope="module")

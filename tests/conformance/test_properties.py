@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.conformance.replay import Exchange, replay
-from tests.support import Server, serve
+from tests.conformance.replay import Exchange, Target, replay
+from tests.support import serve
 
 pytestmark = pytest.mark.process
 
@@ -41,15 +39,6 @@ VALID = [
 ]
 INTERESTING = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b",", b";", b"0", b"\x7f",
                b"\xff", b"\r\n\r\n", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n"]
-
-
-@dataclass
-class Target:
-    server: Server
-    hits: Path
-
-    def hit_count(self) -> int:
-        return len(self.hits.read_bytes().splitlines())
 
 
 @pytest.fixture(scope="module")
