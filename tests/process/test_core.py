@@ -544,16 +544,18 @@ def test_access_log_in_gunicorn_format(tmp_path: Path) -> None:
 
 
 def test_error_logfile_chdir_and_pythonpath(tmp_path: Path) -> None:
+    """The app module is found only through --pythonpath, and it imports a module found
+    only through --chdir; the log goes to --error-logfile, not stderr."""
     errors = tmp_path / "error.log"
-    s = Server("core_apps:app", "--chdir", str(TESTS / "apps"), "--pythonpath", str(REPO),
-               "--error-logfile", str(errors), cwd=tmp_path,
-               env={"PYTHONPATH": ""})
-    # The log goes to the file, so readiness is read from there.
-    s.proc = subprocess.Popen(
-        [sys.executable, "-m", "forkserve", "core_apps:app", "--bind", "127.0.0.1:0",
-         "--chdir", str(TESTS / "apps"), "--error-logfile", str(errors)],
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "pp_app.py").write_text("from core_apps import app\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forkserve", "pp_app:app", "--bind", "127.0.0.1:0",
+         "--chdir", str(TESTS / "apps"), "--pythonpath", str(extra),
+         "--error-logfile", str(errors)],
         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and "Booted worker" not in (
@@ -564,8 +566,15 @@ def test_error_logfile_chdir_and_pythonpath(tmp_path: Path) -> None:
         url = re.search(r"Listening at: (\S+)", text)
         assert url, text
         assert requests.get(url.group(1) + "/hello", timeout=5).text == "Hello, world!"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and stderr == b""
     finally:
-        s.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
 
 
 def test_script_name_from_the_environment() -> None:
