@@ -24,13 +24,11 @@ import os
 import resource
 import select
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -52,6 +50,12 @@ from forkserve.log import AccessLog, log
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
 from forkserve.tls import make_context
 from forkserve.wsgi import FileWrapper, ResponseError, StartResponse
+
+if TYPE_CHECKING:
+    # ssl is imported only once TLS is configured (forkserve.tls): loading it
+    # costs every process ~14 ms and libssl's pages. Until then no socket can
+    # raise its errors, so the code below looks at them only on TLS connections.
+    import ssl
 
 RECV_SIZE = 65536
 # An unread body larger than this is not drained after the response: the
@@ -108,6 +112,22 @@ class Settings:
     tls: ssl.SSLContext | None = None
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float) -> str:
+    """RFC 9110 §5.6.7 IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+
+    Formatted by hand: strftime's %a/%b follow the process locale (an app may
+    set one), and email.utils would load the whole email package per worker.
+    """
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 class DateCache:
     """The `Date` header value, formatted at most once a second."""
 
@@ -119,7 +139,7 @@ class DateCache:
         now = int(time.time())
         if now != self.second:
             self.second = now
-            self.value = formatdate(now, usegmt=True)
+            self.value = http_date(now)
         return self.value
 
 
@@ -239,9 +259,11 @@ class Connection:
                 # not wake us for bytes already inside OpenSSL.
                 while self.sock.pending():  # type: ignore[attr-defined]
                     data += self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, InterruptedError):
             return state
-        except OSError:
+        except OSError as exc:
+            if self.tls and _tls_wants(exc):
+                return state
             self.close()
             return self.state
         if state is State.CLOSING:
@@ -267,6 +289,8 @@ class Connection:
 
     def _handshake(self) -> bool:
         """One non-blocking step of the TLS handshake; True once it is done."""
+        import ssl  # already loaded: only TLS connections handshake
+
         sock = self.sock
         if not isinstance(sock, ssl.SSLSocket):
             self.close()
@@ -528,12 +552,12 @@ class Connection:
             events = select.POLLIN
             try:
                 return self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            except (BlockingIOError, InterruptedError):
                 pass
-            except ssl.SSLWantWriteError:
-                events = select.POLLOUT
             except OSError as exc:
-                raise ClientGone(str(exc)) from None
+                events = _tls_wants(exc) if self.tls else 0
+                if not events:
+                    raise ClientGone(str(exc)) from None
             if not _wait(self.fd, events, deadline):
                 raise BodyError(408, "timed out reading the request body")
 
@@ -545,12 +569,13 @@ class Connection:
             events = select.POLLOUT
             try:
                 sent = self.sock.send(view)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError):
                 sent = 0
-            except ssl.SSLWantReadError:
-                sent, events = 0, select.POLLIN
             except OSError as exc:
-                raise ClientGone(str(exc)) from None
+                events = _tls_wants(exc) if self.tls else 0
+                if not events:
+                    raise ClientGone(str(exc)) from None
+                sent = 0
             if sent:
                 view = view[sent:]
                 deadline = 0.0  # progress: the write timeout counts from the last byte out
@@ -645,6 +670,17 @@ def _wants_keep_alive(request: h11.Request) -> bool:
     if request.http_version == b"1.1":
         return b"close" not in tokens
     return b"keep-alive" in tokens and b"close" not in tokens
+
+
+def _tls_wants(exc: OSError) -> int:
+    """POLLIN / POLLOUT if `exc` is TLS asking to retry once readable / writable, else 0."""
+    import ssl  # already loaded: only TLS sockets get here
+
+    if isinstance(exc, ssl.SSLWantReadError):
+        return select.POLLIN
+    if isinstance(exc, ssl.SSLWantWriteError):
+        return select.POLLOUT
+    return 0
 
 
 def _wait(fd: int, events: int, deadline: float) -> bool:
