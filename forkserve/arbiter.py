@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
@@ -36,10 +36,12 @@ from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
 from forkserve.pidfile import Pidfile
-from forkserve.reloader import Reloader
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
 from forkserve.worker import Worker, WorkerState
+
+if TYPE_CHECKING:
+    from forkserve.reloader import Reloader
 
 MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -183,6 +185,10 @@ class Arbiter:
         log.info("Using worker: sync")
         self.signals = SignalQueue(MASTER_SIGNALS)
         if self.cfg.reload:
+            # Imported only here: it loads ctypes (and subprocess), ~10 ms of
+            # start-up that a server without --reload should not pay.
+            from forkserve.reloader import Reloader
+
             self.reloader = Reloader([os.getcwd(), *self.cfg.pythonpath],
                                      self.cfg.reload_extra_files)
             how = "inotify" if self.reloader.fileno() is not None else "stat polling"

@@ -8,11 +8,18 @@ non-blocking while the connection is parked.
 
 from __future__ import annotations
 
-import ssl
+from typing import TYPE_CHECKING
 
 from forkserve.errors import ConfigError
 
-CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+if TYPE_CHECKING:
+    import ssl
+
+# ssl.CERT_NONE / CERT_OPTIONAL / CERT_REQUIRED (fixed by OpenSSL's verify modes).
+# Spelled as numbers so that reading the settings does not load ssl: importing
+# it costs every server ~20 ms of start-up and libssl's pages, and most never
+# serve TLS. `make_context` imports it when a certificate is configured.
+CERT_REQS = {"none": 0, "optional": 1, "required": 2}
 
 
 def parse_cert_reqs(text: str) -> int:
@@ -36,6 +43,8 @@ def make_context(
 
     Raises ConfigError naming the setting that is wrong.
     """
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -319,8 +319,11 @@ class WorkerLoop:
                     log.warning("Master %d is gone; worker %d exiting", self.master_pid,
                                 os.getpid())
                     return WorkerExit.ORPHANED
-                if self.draining and (not self.conns or now >= self.drain_deadline):
-                    self.alive = False
+            # Checked every pass, not every tick: a worker told to stop with
+            # nothing in flight exits now instead of up to TICK later (a HUP or
+            # a recycle then frees its memory and its slot sooner).
+            if self.draining and (not self.conns or now >= self.drain_deadline):
+                self.alive = False
         for conn in list(self.conns.values()):
             conn.close()
         return WorkerExit.OK

@@ -264,3 +264,57 @@ def test_settings_doc_is_current() -> None:
     assert DEFAULT_PATH.read_text(encoding="utf-8") == render_settings_md(), (
         "docs/settings.md is out of date: run `python -m forkserve.docs` and commit it"
     )
+
+
+# Every way TOML can spell a tool.forkserve table (the pre-check must let each
+# through to the parser), and pyproject files without one (it may skip those).
+TOOL_FORKSERVE_FORMS = [
+    "[tool.forkserve]\nworkers = 2\n",
+    "[project]\nname = 'x'\n\n  [ tool . forkserve ]\nworkers = 2\n",
+    '[tool."forkserve"]\nworkers = 2\n',
+    "[\"tool\".'forkserve']\nworkers = 2\n",
+    "[tool.forkserve.extra]\nx = 1\n",
+    "[tool]\nforkserve = { workers = 2 }\n",
+    "[tool]\nforkserve.workers = 2\n",
+    "tool.forkserve.workers = 2\n",
+    "tool = { forkserve = { workers = 2 } }\n",
+    '"tool".forkserve = { workers = 2 }\n',
+]
+NO_TOOL_FORKSERVE = [
+    "",
+    "[project]\nname = 'x'\n",
+    '[project]\nname = "forkserve"\n[project.scripts]\nforkserve = "forkserve.cli:main"\n'
+    "[tool.setuptools.packages.find]\ninclude = ['forkserve*']\n[tool.ruff]\nline-length = 1\n",
+    "[tool.pytest.ini_options]\naddopts = '-p forkserve'\n",
+    "[tool.forkserver]\nworkers = 2\n",
+]
+
+
+@pytest.mark.parametrize("text", TOOL_FORKSERVE_FORMS + NO_TOOL_FORKSERVE)
+def test_pyproject_pre_check_never_skips_a_forkserve_table(tmp_path: Path, text: str) -> None:
+    from forkserve.config import might_have_tool_forkserve
+
+    data = tomllib.loads(text)
+    has_table = isinstance(data.get("tool"), dict) and "forkserve" in data["tool"]
+    assert has_table == (text in TOOL_FORKSERVE_FORMS)  # the table itself is right
+    if has_table:
+        assert might_have_tool_forkserve(text.encode())
+    (tmp_path / "pyproject.toml").write_text(text)
+    found = find_config_file(None, str(tmp_path))
+    assert (found is not None) == has_table
+
+
+@pytest.mark.parametrize("text", NO_TOOL_FORKSERVE)
+def test_pyproject_without_the_table_is_not_parsed(text: str) -> None:
+    from forkserve.config import might_have_tool_forkserve
+
+    assert not might_have_tool_forkserve(text.encode())
+
+
+def test_unrelated_invalid_pyproject_is_not_our_error(tmp_path: Path) -> None:
+    # A broken pyproject.toml that has no [tool.forkserve] belongs to other tools.
+    (tmp_path / "pyproject.toml").write_text("[project\nname = \n")
+    assert find_config_file(None, str(tmp_path)) is None
+    (tmp_path / "pyproject.toml").write_text("[tool.forkserve]\nworkers = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        find_config_file(None, str(tmp_path))

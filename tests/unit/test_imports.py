@@ -1,0 +1,44 @@
+"""Start-up cost: what the master loads before it can fork its first worker.
+
+Every module imported before the fork is paid by every start (and its pages by
+the master). These are the heavy ones that only some configurations need;
+each is imported where that configuration is handled.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+
+from forkserve.tls import CERT_REQS
+
+# module -> what needs it
+LAZY = {
+    "ssl": "--certfile (forkserve.tls.make_context)",
+    "tomllib": "a config file (forkserve.config._read_toml)",
+    "ctypes": "--reload (forkserve.reloader)",
+    "difflib": "a misspelt setting (forkserve.config.suggest)",
+    "json": "--print-config (forkserve.config.show_value)",
+    "email": "nothing: the Date header is formatted by hand",
+}
+
+
+def test_serving_path_does_not_import_heavy_optional_modules() -> None:
+    code = (
+        "import sys\n"
+        "import forkserve.cli, forkserve.arbiter, forkserve.worker\n"
+        "from forkserve.config import Config\n"
+        "from forkserve.connection import settings_from\n"
+        "settings_from(Config(app='x:y'))\n"
+        f"print(' '.join(m for m in {sorted(LAZY)!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    loaded = done.stdout.split()
+    assert loaded == [], {m: LAZY[m] for m in loaded}
+
+
+def test_cert_reqs_numbers_are_ssl_verify_modes() -> None:
+    assert CERT_REQS == {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+                         "required": ssl.CERT_REQUIRED}
