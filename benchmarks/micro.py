@@ -12,8 +12,11 @@ network between client and server:
   share is visible.
 - `forkserve request path`: `forkserve.connection.process_request_bytes(app,
   raw)`, bytes in to bytes out through the server's real code (pre-check,
-  h11, environ, app, response writer). Imported lazily: reported as "not
-  available" while the server does not provide it.
+  h11, environ, app, response writer) on a connection held in memory, so
+  that, like the h11 row, it has no sockets. Imported lazily: reported as
+  "not available" while the server does not provide it.
+- `the same over a socketpair`: that path with a real socket pair under it
+  (a send and a receive on each end), to show what the kernel adds.
 
 The issue's target is forkserve / h11 <= 1.3.
 """
@@ -84,8 +87,12 @@ def app_call() -> Callable[[], object]:
     return once
 
 
-def forkserve_path() -> tuple[Callable[[], object] | None, str]:
-    """The server's in-memory request path, or None and why it is missing."""
+def forkserve_path(socketpair: bool = False) -> tuple[Callable[[], object] | None, str]:
+    """The server's in-process request path, or None and why it is missing.
+
+    In memory by default (no sockets, as the h11 row); `socketpair=True` adds a
+    kernel send and receive on each side of a real socket pair.
+    """
     try:
         module = importlib.import_module("forkserve.connection")
     except ImportError as exc:
@@ -93,12 +100,15 @@ def forkserve_path() -> tuple[Callable[[], object] | None, str]:
     process = getattr(module, "process_request_bytes", None)
     if process is None:
         return None, "not available (forkserve.connection.process_request_bytes is missing)"
-    response = process(hello, RAW_REQUEST)
+    try:
+        response = process(hello, RAW_REQUEST, socketpair=socketpair)
+    except TypeError as exc:  # an older tree without the socketpair mode
+        return None, f"not available ({exc})"
     if not (response.startswith(b"HTTP/1.1 200") and response.endswith(HELLO_BODY)):
         return None, f"not available (unexpected response: {response[:80]!r})"
 
     def once() -> bytes:
-        return bytes(process(hello, RAW_REQUEST))
+        return bytes(process(hello, RAW_REQUEST, socketpair=socketpair))
 
     return once, "ok"
 
@@ -150,6 +160,10 @@ def run_micro(quick: bool = False) -> dict[str, Any]:
         us = time_per_call(path, repeats=repeats, target_s=target_s)
         result["forkserve_request_path_us"] = us
         result["forkserve_over_h11"] = us / result["h11_round_trip_us"]
+    pair, _ = forkserve_path(socketpair=True)
+    result["forkserve_socketpair_us"] = (
+        None if pair is None else time_per_call(pair, repeats=repeats, target_s=target_s)
+    )
     return result
 
 
@@ -174,6 +188,10 @@ def format_micro(result: dict[str, Any]) -> str:
             f"| forkserve request path | {fs_us:.2f} | {result['forkserve_over_h11']:.2f}"
             f" ({verdict}, target <= {result['target_ratio']}) |"
         )
+    pair_us = result.get("forkserve_socketpair_us")
+    if pair_us is not None:
+        lines.append(f"| the same over a socketpair (4 syscalls) | {pair_us:.2f} |"
+                     f" {pair_us / h11_us:.2f} |")
     return "\n".join(lines)
 
 

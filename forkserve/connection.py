@@ -17,7 +17,6 @@ also saves h11's 17 µs send path per request.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import errno
 import os
@@ -28,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 
@@ -87,6 +86,16 @@ class State(enum.Enum):
     READY = "ready"  # a complete request waits for its turn
     CLOSING = "closing"  # answered with an error; reading the rest before closing
     CLOSED = "closed"
+
+
+class ClientSocket(Protocol):
+    """What a connection uses of its socket (a `socket.socket`, an `ssl.SSLSocket`)."""
+
+    def fileno(self) -> int: ...
+    def recv(self, size: int, /) -> bytes: ...
+    def send(self, data: bytes | memoryview, /) -> int: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
 
 
 class WriteTimeout(Exception):
@@ -159,7 +168,7 @@ def error_response(status: int, detail: str = "") -> bytes:
     ).encode("ascii") + body
 
 
-_NO_BODY = LengthDecoder(0)  # never fed: requests without a body get their own
+_NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
 
 
 class Connection:
@@ -169,6 +178,7 @@ class Connection:
         "sock",
         "fd",
         "peer",
+        "peer_label",
         "base",
         "settings",
         "state",
@@ -194,7 +204,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: ClientSocket,
         peer: tuple[str, int] | None,
         base: dict[str, Any],
         settings: Settings,
@@ -204,6 +214,7 @@ class Connection:
         self.tls = settings.tls is not None
         self.handshaking = False
         if settings.tls is not None:
+            assert isinstance(sock, socket.socket), "TLS needs a kernel socket"
             # The handshake runs non-blocking while parked, under the head deadline,
             # so a client that never finishes it costs the worker nothing.
             self.handshaking = True
@@ -216,6 +227,7 @@ class Connection:
                 log.debug("TLS setup for %s failed: %s", peer, exc)
         self.sock = sock
         self.peer = peer
+        self.peer_label = _peer_label(peer)
         self.base = base
         self.settings = settings
         self.state = State.HEAD
@@ -346,22 +358,25 @@ class Connection:
             return self.state
         self.request, self.facts = event, facts
         self.body_chunks, self.body_size = [], 0
-        self.keep_alive = _wants_keep_alive(event) and self.settings.keepalive > 0
-        if facts.chunked:
-            self.decoder = ChunkedDecoder(limits)
-        else:
-            self.decoder = LengthDecoder(length or 0)
-        self.body_deadline = now + self.settings.body_timeout
-        if self.decoder.done:
-            self.decoder.decode(rest)  # keeps a pipelined request for later
+        self.keep_alive = facts.keep_alive and self.settings.keepalive > 0
+        if not length and not facts.chunked:
+            # No body, the common case. A pipelined request after it is kept
+            # by a decoder of its own; with nothing after it, none is needed.
+            if rest:
+                self.decoder = LengthDecoder(0)
+                self.decoder.decode(rest)
+            else:
+                self.decoder = _NO_BODY
             self.state = State.READY
             return self.state
+        self.decoder = ChunkedDecoder(limits) if facts.chunked else LengthDecoder(length or 0)
+        self.body_deadline = now + self.settings.body_timeout
         buffer_size = self.settings.body_buffer_size
         if facts.expect_continue and rest:
             # The client did not wait: its body is already arriving. RFC 9110
             # §10.1.1 lets the server omit the 100 then, and the body is
             # received like any other (parked, checked before the app runs).
-            facts = self.facts = dataclasses.replace(facts, expect_continue=False)
+            facts = self.facts = facts._replace(expect_continue=False)
         if facts.expect_continue:
             # The app decides whether it wants the body: 100 Continue goes out
             # when it first reads (RFC 9110 §10.1.1), so the body is streamed.
@@ -402,6 +417,7 @@ class Connection:
         self.proxy_pending = False
         if address is not None:
             self.peer = address
+            self.peer_label = _peer_label(address)
             forwarded = self.settings.forwarded
             self.forward_trusted = forwarded is not None and forwarded.trusts(address)
         return True
@@ -470,7 +486,7 @@ class Connection:
             request.method,
             request.target,
             request.http_version,
-            list(request.headers),
+            request.headers.raw_items(),  # a plain list: cheaper than iterating Headers
             self.peer,
             body,
         )
@@ -482,7 +498,7 @@ class Connection:
                 self.request = None
                 self.refuse(exc.status, exc.detail)
                 return
-        hooks.started(request, environ, self.peer)
+        hooks.started(request, environ, self.peer_label)
         writer = ResponseWriter(
             self, environ["REQUEST_METHOD"] == "HEAD", request.http_version, body
         )
@@ -587,6 +603,8 @@ class Connection:
 
     def sendfile(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of a file with os.sendfile; returns bytes sent (plain TCP only)."""
+        if self.fd < 0:
+            return self._copy_file(fd, offset, count)
         total = 0
         deadline = 0.0
         while total < count:
@@ -641,6 +659,18 @@ class Connection:
             self.deadline = now + self.settings.keepalive
 
 
+    def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        """`sendfile` for a socket with no descriptor (in memory): read and send."""
+        total = 0
+        while total < count:
+            data = os.pread(fd, min(RECV_SIZE, count - total), offset + total)
+            if not data:
+                break  # the file is shorter than announced
+            self.send_all(data)
+            total += len(data)
+        return total
+
+
 class BodyError(Exception):
     """The request body broke the protocol or its deadline while the app read it."""
 
@@ -653,23 +683,15 @@ class BodyError(Exception):
 class RequestHooks:
     """Called around each request; the worker subclasses this (heartbeat, hooks)."""
 
-    def started(self, request: h11.Request, environ: dict[str, Any],
-                peer: tuple[str, int] | None) -> None:
-        pass
+    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes) -> None:
+        """`peer` is `HOST:PORT` of the client (`unix` on a unix socket), for status lines."""
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
         pass
 
 
-def _wants_keep_alive(request: h11.Request) -> bool:
-    """HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only if asked."""
-    tokens: set[bytes] = set()
-    for name, value in request.headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    if request.http_version == b"1.1":
-        return b"close" not in tokens
-    return b"keep-alive" in tokens and b"close" not in tokens
+def _peer_label(peer: tuple[str, int] | None) -> bytes:
+    return f"{peer[0]}:{peer[1]}".encode() if peer else b"unix"
 
 
 def _tls_wants(exc: OSError) -> int:
@@ -764,10 +786,9 @@ class ResponseWriter:
         self.remaining = None if no_body else length
         if self.conn.draining:
             self.close = True
-        names = {name.lower() for name, _ in headers}
-        if "date" not in names:
+        if not start.has_date:
             headers.append(("Date", DATE.get()))
-        if "server" not in names:
+        if not start.has_server:
             headers.append(("Server", SERVER_SOFTWARE))
         if self.close:
             headers.append(("Connection", "close"))
@@ -775,7 +796,7 @@ class ResponseWriter:
             headers.append(("Connection", "keep-alive"))
         self.sent_headers = headers
         self.status = start.status or ""
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
         return f"HTTP/1.1 {start.status}\r\n{lines}\r\n".encode("latin-1")
 
     def _frame(self, data: bytes) -> bytes:
@@ -897,19 +918,71 @@ class ResponseWriter:
             self.broken = True
 
 
+class MemorySocket:
+    """A client connection held in memory: no descriptor, no system calls.
+
+    What the client sent waits in `inbox` for `recv`; what the server sends
+    collects in `outbox`. Writes never block and reads never wait, so the
+    connection code runs exactly its own Python path: what the in-process
+    micro-benchmark measures (syscalls are measured by the load runs).
+    """
+
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.client_closed = False
+        self.closed = False
+
+    def fileno(self) -> int:
+        return -1  # not a kernel socket: sendfile falls back to reading the file
+
+    def recv(self, size: int) -> bytes:
+        if self.closed:
+            raise OSError(errno.EBADF, "closed")
+        if not self.inbox:
+            if self.client_closed:
+                return b""
+            raise BlockingIOError(errno.EAGAIN, "nothing sent yet")
+        data = bytes(self.inbox[:size])
+        del self.inbox[:size]
+        return data
+
+    def send(self, data: bytes | memoryview) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "closed")
+        self.outbox += data
+        return len(data)
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class InProcessClient:
-    """One keep-alive connection over a socketpair, driven without a worker loop.
+    """One keep-alive connection, driven without a worker loop.
 
     For benchmarks and tests of the request path: bytes in -> pre-check -> h11
     -> environ -> app -> response bytes out, through the same `Connection`
-    code a worker runs, minus the epoll wake-up.
+    code a worker runs, minus the epoll wake-up. In memory by default (see
+    `MemorySocket`); `socketpair=True` puts a real socket pair underneath, so
+    each request also pays the kernel's send and receive on both ends.
     """
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: Callable[..., Any], socketpair: bool = False) -> None:
         self.app = app
-        self.client, server = socket.socketpair()
-        self.client.setblocking(False)
-        server.setblocking(False)
+        self.client: socket.socket | None = None
+        self.memory: MemorySocket | None = None
+        server: ClientSocket
+        if socketpair:
+            self.client, server = socket.socketpair()
+            self.client.setblocking(False)
+            server.setblocking(False)
+        else:
+            server = self.memory = MemorySocket()
         settings = Settings(Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20)
         base = ServerFacts("localhost", "80").base_environ(sys.stderr, FileWrapper)
         self.conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
@@ -918,20 +991,31 @@ class InProcessClient:
 
     def request(self, raw: bytes) -> bytes:
         """Send `raw`, run every complete request in it, return what the server wrote."""
-        self.client.sendall(raw)
+        if self.memory is not None:
+            self.memory.inbox += raw
+        else:
+            assert self.client is not None
+            self.client.sendall(raw)
         state = self.conn.on_readable(time.monotonic())
         while state is State.READY:
             self.conn.run(self.app, self.access_log, self.hooks)
             state = self.conn.state
+        if self.memory is not None:
+            out = bytes(self.memory.outbox)
+            self.memory.outbox.clear()
+            return out
+        assert self.client is not None
+        # Everything the server wrote is already in the socket buffer: a read
+        # shorter than asked for has taken it all (no EAGAIN round trip).
         chunks = []
         while True:
             try:
                 chunk = self.client.recv(RECV_SIZE)
             except BlockingIOError:
                 break
-            if not chunk:
-                break
             chunks.append(chunk)
+            if len(chunk) < RECV_SIZE:
+                break
         return b"".join(chunks)
 
     @property
@@ -940,23 +1024,26 @@ class InProcessClient:
 
     def close(self) -> None:
         self.conn.close()
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
 
-_IN_PROCESS: dict[int, InProcessClient] = {}
+_IN_PROCESS: dict[tuple[int, bool], InProcessClient] = {}
 
 
-def process_request_bytes(app: Callable[..., Any], raw: bytes) -> bytes:
+def process_request_bytes(app: Callable[..., Any], raw: bytes, socketpair: bool = False) -> bytes:
     """Run the request(s) in `raw` through the whole request path in memory.
 
     Reuses one keep-alive connection per app, as a real client would, so a
-    loop of calls measures the per-request cost, not socket setup.
+    loop of calls measures the per-request cost, not connection setup. With
+    `socketpair=True` the bytes cross a real socket pair both ways.
     """
-    client = _IN_PROCESS.get(id(app))
+    key = (id(app), socketpair)
+    client = _IN_PROCESS.get(key)
     if client is None or not client.open or client.app is not app:
         if client is not None:
             client.close()
-        client = _IN_PROCESS[id(app)] = InProcessClient(app)
+        client = _IN_PROCESS[key] = InProcessClient(app, socketpair)
     return client.request(raw)
 
 

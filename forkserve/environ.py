@@ -8,7 +8,7 @@ from chunks already received and an optional function that pulls more.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -21,23 +21,25 @@ _KEY_CACHE_MAX = 1024
 
 
 def header_key(name: bytes) -> str | None:
-    """`user-agent` -> `HTTP_USER_AGENT`; None for names that must be dropped.
+    """`User-Agent` (any case) -> `HTTP_USER_AGENT`; None for names that must be dropped.
 
     Names with `_` are dropped: `X_Auth` and `X-Auth` would both become
     HTTP_X_AUTH, letting a client spoof a header a proxy set (the reason
-    nginx, Apache and gunicorn drop them too).
+    nginx, Apache and gunicorn drop them too). The cache is keyed by the name
+    as it arrived, so the case-folding happens once per spelling, not per request.
     """
     key = _KEY_CACHE.get(name)
     if key is not None or name in _KEY_CACHE:
         return key
-    if b"_" in name:
+    lowered = name.lower()
+    if b"_" in lowered:
         key = None
-    elif name == b"content-type":
+    elif lowered == b"content-type":
         key = "CONTENT_TYPE"
-    elif name == b"content-length":
+    elif lowered == b"content-length":
         key = "CONTENT_LENGTH"
     else:
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        key = "HTTP_" + lowered.decode("latin-1").upper().replace("-", "_")
     if len(_KEY_CACHE) < _KEY_CACHE_MAX:
         _KEY_CACHE[name] = key
     return key
@@ -72,6 +74,8 @@ class ServerFacts:
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Request target -> (raw path, raw query). Absolute-form loses scheme and authority."""
+    if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+        return target, b""  # the common case: a plain origin-form path
     if not target.startswith(b"/"):
         if target == b"*":
             return b"*", b""
@@ -97,8 +101,23 @@ def decode_path(raw_path: bytes) -> str:
     return raw_path.decode("latin-1")
 
 
+# A server sees few distinct Host values; bounded so a client cannot grow it.
+_HOST_CACHE: dict[tuple[str, str], tuple[str, str]] = {}
+_HOST_CACHE_MAX = 256
+
+
 def split_host(host: str, default_port: str) -> tuple[str, str]:
     """`example.com:8080` / `[::1]:8080` / `example.com` -> (name, port)."""
+    cached = _HOST_CACHE.get((host, default_port))
+    if cached is not None:
+        return cached
+    parts = _split_host(host, default_port)
+    if len(_HOST_CACHE) < _HOST_CACHE_MAX:
+        _HOST_CACHE[(host, default_port)] = parts
+    return parts
+
+
+def _split_host(host: str, default_port: str) -> tuple[str, str]:
     if host.startswith("["):
         end = host.find("]")
         if end > 0:
@@ -115,15 +134,15 @@ def build_environ(
     method: bytes,
     target: bytes,
     http_version: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: Iterable[tuple[bytes, bytes]],
     peer: tuple[str, int] | None,
     wsgi_input: Any,
 ) -> dict[str, Any]:
     """One request's environ (PEP 3333), from the parsed head and the listener's base.
 
-    `headers` are (lowercase name, value) pairs in arrival order; repeated
-    headers are joined with ',' (RFC 9110 §5.3), except Cookie, joined with
-    '; ' (RFC 6265 §5.4).
+    `headers` are (name, value) pairs in arrival order, names in any case
+    (h11's `raw_items()`); repeated headers are joined with ',' (RFC 9110
+    §5.3), except Cookie, joined with '; ' (RFC 6265 §5.4).
     """
     environ = base.copy()
     raw_path, query = split_target(target)

@@ -164,10 +164,8 @@ class _Hooks(RequestHooks):
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
 
-    def started(self, request: h11.Request, environ: dict[str, Any],
-                peer: tuple[str, int] | None) -> None:
-        who = f"{peer[0]}:{peer[1]}" if peer else "unix"
-        text = b"%s %s from %s" % (request.method, request.target[:160], who.encode())
+    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes) -> None:
+        text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(time.monotonic(), text)
         self.req = None
 

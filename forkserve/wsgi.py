@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -42,10 +42,29 @@ class ResponseError(Exception):
     """The app broke PEP 3333's response rules; the server answers 500 if it can."""
 
 
+# Apps send a handful of distinct status lines and header names: each is
+# validated once and remembered (bounded, so an app that makes them up as it
+# goes only loses the shortcut).
+_CACHE_MAX = 512
+_STATUS_CODES: dict[str, int] = {}
+_NAMES: dict[str, str] = {}  # valid header name -> its lowercase form
+
+
 def check_status(status: object) -> int:
     """Validate a WSGI status line; return its code."""
-    if type(status) is not str:
+    if type(status) is str:
+        code = _STATUS_CODES.get(status)
+        if code is not None:
+            return code
+    else:
         raise ResponseError(f"status must be a str, got {type(status).__name__}")
+    code = _check_status(status)
+    if len(_STATUS_CODES) < _CACHE_MAX:
+        _STATUS_CODES[status] = code
+    return code
+
+
+def _check_status(status: str) -> int:
     if not _STATUS.fullmatch(status):
         raise ResponseError(f"invalid status line {status!r}")
     code = int(status[:3])
@@ -54,15 +73,22 @@ def check_status(status: object) -> int:
     return code
 
 
-def clean_headers(headers: object) -> tuple[list[tuple[str, str]], bool, int | None]:
-    """Validate the app's headers and drop hop-by-hop ones.
+class Cleaned(NamedTuple):
+    """The app's headers as the server will send them, and what it needs to know of them."""
 
-    Returns (headers to send, whether the app asked to close, Content-Length or None).
-    """
+    headers: list[tuple[str, str]]
+    close: bool  # the app sent `Connection: close`
+    content_length: int | None
+    has_date: bool
+    has_server: bool
+
+
+def clean_headers(headers: object) -> Cleaned:
+    """Validate the app's headers and drop hop-by-hop ones."""
     if type(headers) is not list:
         raise ResponseError(f"headers must be a list, got {type(headers).__name__}")
     out: list[tuple[str, str]] = []
-    close = False
+    close = has_date = has_server = False
     content_length: int | None = None
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
@@ -70,11 +96,15 @@ def clean_headers(headers: object) -> tuple[list[tuple[str, str]], bool, int | N
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise ResponseError(f"header {item!r}: name and value must be str")
-        if not _TOKEN.fullmatch(name):
-            raise ResponseError(f"invalid header name {name!r}")
+        lname = _NAMES.get(name)
+        if lname is None:
+            if not _TOKEN.fullmatch(name):
+                raise ResponseError(f"invalid header name {name!r}")
+            lname = name.lower()
+            if len(_NAMES) < _CACHE_MAX:
+                _NAMES[name] = lname
         if _BAD_VALUE_CHAR.search(value):
             raise ResponseError(f"invalid character in header {name!r} value {value!r}")
-        lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == "connection" and "close" in value.lower():
                 close = True
@@ -84,8 +114,12 @@ def clean_headers(headers: object) -> tuple[list[tuple[str, str]], bool, int | N
             if not text.isdigit() or not text.isascii() or content_length is not None:
                 raise ResponseError(f"invalid Content-Length {value!r}")
             content_length = int(text)
+        elif lname == "date":
+            has_date = True
+        elif lname == "server":
+            has_server = True
         out.append((name, value.strip(" \t")))
-    return out, close, content_length
+    return Cleaned(out, close, content_length, has_date, has_server)
 
 
 class StartResponse:
@@ -97,6 +131,8 @@ class StartResponse:
         "headers",
         "close",
         "content_length",
+        "has_date",
+        "has_server",
         "headers_sent",
         "_write",
     )
@@ -107,6 +143,7 @@ class StartResponse:
         self.headers: list[tuple[str, str]] = []
         self.close = False
         self.content_length: int | None = None
+        self.has_date = self.has_server = False
         self.headers_sent = False
         self._write = write
 
@@ -127,9 +164,10 @@ class StartResponse:
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         code = check_status(status)
-        cleaned, close, content_length = clean_headers(headers)
+        cleaned = clean_headers(headers)
         self.status, self.code = status, code
-        self.headers, self.close, self.content_length = cleaned, close, content_length
+        self.headers, self.close, self.content_length = cleaned[:3]
+        self.has_date, self.has_server = cleaned.has_date, cleaned.has_server
         return self.write
 
     def write(self, data: bytes) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import get_json, proc_stat, wait_for
+from tests.integration.helpers import get, get_json, proc_stat, wait_for
 from tests.support import REPO, TESTS, serve
 
 pytestmark = pytest.mark.process
@@ -28,10 +28,11 @@ def test_user_and_group_drop_privileges_after_binding(tmp_path: Path) -> None:
     run_dir = Path(tempfile.mkdtemp(dir="/tmp"))
     os.chmod(run_dir, 0o777)
     sock_path = run_dir / "app.sock"
-    with serve("deploy_apps:app", "--user", "nobody", "--group", str(nobody.pw_gid),
+    with serve("identity_app:app", "--user", "nobody", "--group", str(nobody.pw_gid),
                bind=["127.0.0.1:0", f"unix:{sock_path}"], wait_workers=1) as s:
-        seen = get_json(s.address)
-        assert (seen["uid"], seen["gid"]) == (nobody.pw_uid, nobody.pw_gid)
+        status, body, _ = get(s.address)
+        assert status == 200, body
+        assert tuple(int(n) for n in body.split()) == (nobody.pw_uid, nobody.pw_gid)
         # The master dropped them too (before forking), not only the workers.
         status = Path(f"/proc/{s.pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))

@@ -152,6 +152,22 @@ def test_facts() -> None:
     assert not facts.expect_continue  # 100-continue is an HTTP/1.1 mechanism
 
 
+@pytest.mark.parametrize(("version", "connection", "keep"), [
+    ("HTTP/1.1", [], True),
+    ("HTTP/1.1", ["Connection: close"], False),
+    ("HTTP/1.1", ["Connection: Upgrade, CLOSE"], False),
+    ("HTTP/1.1", ["Connection: keep-alive", "Connection: close"], False),
+    ("HTTP/1.1", ["Connection: \tkeep-alive "], True),
+    ("HTTP/1.0", [], False),
+    ("HTTP/1.0", ["Connection: Keep-Alive"], True),
+    ("HTTP/1.0", ["Connection: keep-alive, close"], False),
+    ("HTTP/1.0", ["Connection: closed"], False),  # not a keep-alive token either
+])
+def test_keep_alive_wish(version: str, connection: list[str], keep: bool) -> None:
+    # RFC 9112 §9.3: 1.1 persists unless closed; 1.0 only when asked.
+    assert check_head(head(f"GET / {version}", "Host: a", *connection), LIMITS).keep_alive is keep
+
+
 def test_limits_on_raw_bytes_even_in_one_read() -> None:
     small = Limits(request_line=20, fields=2, field_size=30, head=200)
     assert status(head("GET /" + "a" * 30 + " HTTP/1.1", "Host: a"), small) == 414
@@ -178,6 +194,23 @@ def test_find_head_end_incremental() -> None:
         scan = len(buf)
     else:
         pytest.fail("head end not found")
+
+
+@pytest.mark.parametrize("split", range(1, 40))
+def test_find_head_end_bare_lf_found_at_any_read_boundary(split: int) -> None:
+    # Two reads split anywhere: a CR ending the first read still pairs with the
+    # LF that starts the second, and a bare LF is caught wherever it falls.
+    good = head("GET / HTTP/1.1", "Host: a", "X-Long: abcdefghij")
+    bad = good.replace(b"Host: a\r\n", b"Host: a\n")
+    for data, is_bad in ((good, False), (bad, True)):
+        first, second = data[:split], data[split:]
+        try:
+            assert find_head_end(first, 0, LIMITS) == -1 or first.endswith(b"\r\n\r\n")
+            end = find_head_end(first + second, len(first), LIMITS)
+        except HTTPError as exc:
+            assert is_bad and exc.status == 400
+            continue
+        assert not is_bad and end == len(data)
 
 
 @pytest.mark.parametrize(

@@ -95,12 +95,30 @@ def test_invalid_headers(headers: object) -> None:
 
 
 def test_hop_by_hop_headers_are_dropped_and_close_is_honoured() -> None:
-    out, close, length = clean_headers(
+    out, close, length, has_date, has_server = clean_headers(
         [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
          ("Upgrade", "h2c"), ("X-Kept", "yes"), ("Content-Length", "5")]
     )
     assert out == [("X-Kept", "yes"), ("Content-Length", "5")]
     assert close is True and length == 5
+    assert not has_date and not has_server
+
+
+@pytest.mark.parametrize("name", ["Date", "date", "DATE"])
+def test_app_date_and_server_are_noticed_in_any_case(name: str) -> None:
+    assert clean_headers([(name, "x")]).has_date
+    assert clean_headers([(name.replace("ate", "erver").replace("ATE", "ERVER")
+                           .replace("D", "S").replace("d", "s"), "x")]).has_server
+
+
+def test_cached_names_and_statuses_are_still_checked_each_time() -> None:
+    # The caches remember only what passed; a bad value after a good one fails.
+    clean_headers([("X-Cache-Me", "ok")])
+    with pytest.raises(ResponseError):
+        clean_headers([("X-Cache-Me", "bad\r\nInjected: 1")])
+    assert check_status("299 Fine") == 299
+    with pytest.raises(ResponseError):
+        check_status("299 Fine\r\nX: y")
 
 
 def test_file_wrapper_iterates_and_closes(tmp_path: object) -> None:
