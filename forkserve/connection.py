@@ -168,6 +168,7 @@ def error_response(status: int, detail: str = "") -> bytes:
     ).encode("ascii") + body
 
 
+_SEQUENCES = (list, tuple)  # response bodies sent in one write, with a Content-Length
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
 
 
@@ -479,7 +480,7 @@ class Connection:
         request = self.request
         assert request is not None
         started = time.monotonic()
-        now_wall = time.time()
+        now_wall = time.time() if access_log.enabled else 0.0
         body = self._make_body()
         environ = build_environ(
             self.base,
@@ -498,7 +499,7 @@ class Connection:
                 self.request = None
                 self.refuse(exc.status, exc.detail)
                 return
-        hooks.started(request, environ, self.peer_label)
+        hooks.started(request, environ, self.peer_label, started)
         writer = ResponseWriter(
             self, environ["REQUEST_METHOD"] == "HEAD", request.http_version, body
         )
@@ -529,7 +530,7 @@ class Connection:
             writer.fail(500, f"Error handling request {environ['REQUEST_METHOD']} "
                         f"{environ['RAW_URI']}", exc=exc)
         finished = time.monotonic()
-        hooks.finished(environ, writer)
+        hooks.finished(environ, writer, finished)
         if access_log.enabled:
             access_log.write(environ, writer.status_line(), writer.sent_headers, writer.sent,
                              now_wall, now_wall + (finished - started))
@@ -683,11 +684,12 @@ class BodyError(Exception):
 class RequestHooks:
     """Called around each request; the worker subclasses this (heartbeat, hooks)."""
 
-    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes) -> None:
-        """`peer` is `HOST:PORT` of the client (`unix` on a unix socket), for status lines."""
+    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes,
+                now: float) -> None:
+        """Before the app: `peer` is `HOST:PORT` (`unix`), `now` is time.monotonic()."""
 
-    def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
-        pass
+    def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
+        """After the response (or the failure) was written; `now` is time.monotonic()."""
 
 
 def _peer_label(peer: tuple[str, int] | None) -> bytes:
@@ -829,7 +831,7 @@ class ResponseWriter:
         if isinstance(result, FileWrapper) and not self.headers_sent:
             if self._try_sendfile(result):
                 return
-        if isinstance(result, list | tuple) and not self.headers_sent:
+        if isinstance(result, _SEQUENCES) and not self.headers_sent:
             for item in result:
                 if type(item) is not bytes:
                     raise TypeError(f"app yielded {type(item).__name__}, not bytes")

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 _HEAD = struct.Struct("=qddq")
 _TEXT = 232
 SLOT_SIZE = _HEAD.size + _TEXT  # 256 bytes
+# Worker-side writes, from the heartbeat field on (offset 8). Compiled once:
+# they run on every request. "s" pads the text with NULs (and cuts it to size).
+_STARTED = struct.Struct(f"=ddq{_TEXT}s")  # beat, request start, requests, text
+_FINISHED = struct.Struct("=ddq")  # beat, 0.0 (idle), requests
+_BEAT = struct.Struct("=d")
 
 
 @dataclass
@@ -74,13 +79,11 @@ class SlotWriter:
         struct.pack_into("=qd", self.mem, self.offset, pid, now)
 
     def beat(self, now: float) -> None:
-        struct.pack_into("=d", self.mem, self.offset + 8, now)
+        _BEAT.pack_into(self.mem, self.offset + 8, now)
 
     def request_started(self, now: float, text: bytes) -> None:
-        text = text[: _TEXT - 1] + b"\0"
-        self.mem[self.offset + _HEAD.size : self.offset + _HEAD.size + len(text)] = text
-        struct.pack_into("=dd", self.mem, self.offset + 8, now, now)
+        _STARTED.pack_into(self.mem, self.offset + 8, now, now, self.requests, text[: _TEXT - 1])
 
     def request_finished(self, now: float) -> None:
         self.requests += 1
-        struct.pack_into("=ddq", self.mem, self.offset + 8, now, 0.0, self.requests)
+        _FINISHED.pack_into(self.mem, self.offset + 8, now, 0.0, self.requests)

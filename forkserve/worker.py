@@ -164,13 +164,14 @@ class _Hooks(RequestHooks):
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
 
-    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes) -> None:
+    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes,
+                now: float) -> None:
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
-        self.slot.request_started(time.monotonic(), text)
+        self.slot.request_started(now, text)
         self.req = None
 
-    def finished(self, environ: dict[str, Any], writer: ResponseWriter) -> None:
-        self.slot.request_finished(time.monotonic())
+    def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
+        self.slot.request_finished(now)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
@@ -222,6 +223,13 @@ class WorkerLoop:
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
+        # Connections in the epoll set. A connection is added only once it has
+        # to wait for its client: one answered and closed on its first read
+        # (Connection: close, health checks) never costs a register/unregister.
+        self.polled: set[int] = set()
+        # Linux copies TCP_NODELAY from the listener to each accepted socket;
+        # checked on the first connection, else set on every one.
+        self.nodelay_inherited: bool | None = None
         self.last_eviction_log = 0.0
 
     def boot(self) -> Callable[..., Any]:
@@ -236,6 +244,9 @@ class WorkerLoop:
         for listener in self.worker.listeners:
             sock = listener.sock
             sock.setblocking(False)
+            if not listener.is_unix:
+                # Responses go out in one write each: never hold them back (Nagle).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
             self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
@@ -336,10 +347,18 @@ class WorkerLoop:
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
         conn.run(app, self.access_log, self.hooks)
-        if conn.state is State.CLOSED:
+        self._place(conn)
+
+    def _place(self, conn: Connection) -> None:
+        """After a read or a request: queue it, park it in epoll, or forget it."""
+        state = conn.state
+        if state is State.CLOSED:
             self._forget(conn)
-        elif conn.state is State.READY:
-            self.ready.append(conn)  # pipelined: after the others, for fairness
+        elif state is State.READY:
+            self.ready.append(conn)  # after the others, for fairness
+        elif conn.fd not in self.polled:
+            self.epoll.register(conn.fd, select.EPOLLIN)
+            self.polled.add(conn.fd)
 
     def accept(self, fd: int, now: float, batch: int = ACCEPT_BATCH) -> None:
         listener, base = self.listen_socks[fd]
@@ -354,19 +373,19 @@ class WorkerLoop:
             sock.setblocking(False)
             peer: tuple[str, int] | None = None
             if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer = (addr[0], addr[1])
+                if self.nodelay_inherited is None:
+                    self.nodelay_inherited = bool(
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                if not self.nodelay_inherited:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if len(self.conns) >= self.cfg.worker_connections:
                 self.evict(now)
             conn = Connection(sock, peer, base, self.settings, now)
             self.conns[conn.fd] = conn
-            self.epoll.register(conn.fd, select.EPOLLIN)
             # TCP_DEFER_ACCEPT means the request is usually already here.
-            state = conn.on_readable(now)
-            if state is State.READY:
-                self.ready.append(conn)
-            elif state is State.CLOSED:
-                self._forget(conn)
+            conn.on_readable(now)
+            self._place(conn)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
@@ -393,7 +412,8 @@ class WorkerLoop:
                 self._forget(conn)
 
     def _forget(self, conn: Connection) -> None:
-        if self.conns.pop(conn.fd, None) is not None:
+        if self.conns.pop(conn.fd, None) is not None and conn.fd in self.polled:
+            self.polled.discard(conn.fd)
             try:
                 self.epoll.unregister(conn.fd)
             except (OSError, ValueError):

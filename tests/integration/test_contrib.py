@@ -251,4 +251,10 @@ def test_logrotate_postrotate_reopens_logs_with_usr1(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert "/after" in access.read_text()
-        assert "/after" not in (tmp_path / "access.log.1").read_text()
+        # Requests served between the rename and a worker's reopen belong in
+        # the old file (as with any logrotate without copytruncate); once the
+        # workers have reopened, every line goes to the new file only.
+        for _ in range(4):
+            get_json(s.address, "/later")
+        wait_for(lambda: access.read_text().count("/later") == 4, what="lines in the new log")
+        assert "/later" not in (tmp_path / "access.log.1").read_text()
