@@ -294,8 +294,10 @@ class Connection:
             self.state = State.HEAD
             self.deadline = now + self.settings.header_timeout
         if self.state is State.HEAD:
-            self.buf += data
-            return self.advance_head(now)
+            if self.buf or self.proxy_pending:
+                self.buf += data
+                return self.advance_head(now)
+            return self.advance_head(now, data)  # the common case: a whole head in one read
         if self.state is State.BODY:
             return self.advance_body(data)
         return self.state
@@ -324,22 +326,33 @@ class Connection:
         self.handshaking = False
         return True
 
-    def advance_head(self, now: float) -> State:
-        """Look for a complete head in `buf`; validate it and hand it to h11."""
+    def advance_head(self, now: float, fresh: bytes | None = None) -> State:
+        """Look for a complete head in `buf`; validate it and hand it to h11.
+
+        `fresh` is a read that arrived while `buf` was empty: it is scanned where
+        it lies (a head that came in one read is never copied) and goes into
+        `buf` only if the head is not complete yet.
+        """
         try:
             if self.proxy_pending and not self._proxy_header():
                 return self.state
-            skip = strip_leading_empty_lines(self.buf)
+            buf: bytes | bytearray = self.buf if fresh is None else fresh
+            skip = strip_leading_empty_lines(buf)
             if skip:
-                del self.buf[:skip]
+                if fresh is None:
+                    del self.buf[:skip]
+                else:
+                    buf = fresh = fresh[skip:]
                 self.scan = 0
             limits = self.settings.limits
-            end = find_head_end(self.buf, self.scan, limits)
+            end = find_head_end(buf, self.scan, limits)
             if end < 0:
+                if fresh is not None:
+                    self.buf += fresh
                 self.scan = len(self.buf)
                 return self.state
-            head = bytes(self.buf[:end])
-            rest = bytes(self.buf[end:])
+            head = bytes(buf[:end])  # a whole bytes object is not copied
+            rest = bytes(buf[end:])
             facts = check_head(head, limits)
             parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.head + 1)
             parser.receive_data(head)
