@@ -1,0 +1,78 @@
+"""The benchmark suite keeps working: its in-process row, its reports and its byte-compiling.
+
+No speed is asserted here (speed is measured in benchmarks/, never in tests):
+these check that the numbers it prints are computed from what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from benchmarks import micro, report, run
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def test_micro_rows_measure_the_real_request_path() -> None:
+    result = micro.run_micro(quick=True)
+    assert result["forkserve_status"] == "ok"
+    for key in ("h11_round_trip_us", "app_call_us", "forkserve_request_path_us",
+                "forkserve_socketpair_us"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    assert result["forkserve_over_h11"] == pytest.approx(
+        result["forkserve_request_path_us"] / result["h11_round_trip_us"])
+    table = micro.format_micro(result)
+    assert f"{result['forkserve_request_path_us']:.2f}" in table and "socketpair" in table
+
+
+def test_micro_refuses_a_path_that_answers_wrongly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import forkserve.connection
+
+    monkeypatch.setattr(forkserve.connection, "process_request_bytes",
+                        lambda app, raw, socketpair=False: b"HTTP/1.1 500 Oops\r\n\r\n")
+    path, status = micro.forkserve_path()
+    assert path is None and "unexpected response" in status
+
+
+@pytest.mark.parametrize("name", ["reference.json", "latest.json"])
+def test_saved_runs_render_and_their_ratios_match_their_medians(name: str) -> None:
+    path = RESULTS / name
+    if not path.exists():
+        pytest.skip(f"no {name} in benchmarks/results")
+    raw = json.loads(path.read_text())
+    summary = report.summarize(raw)
+    text = report.format_report(raw, summary)
+    assert "## Targets" in text and "## Throughput" in text
+    scenario = summary["scenarios"]["hello-keepalive"]
+    runs = raw["scenarios"]["hello-keepalive"]["runs"]
+    ours = scenario["servers"]["forkserve"]["rps"]
+    theirs = scenario["servers"]["gunicorn-sync"]["rps"]
+    measured = [r["rps"] for r in runs["forkserve"] if not r.get("failed")]
+    assert ours == pytest.approx(statistics.median(measured))
+    ratio = scenario["ratios"]["gunicorn-sync"]
+    assert ratio == pytest.approx(ours / theirs)
+    assert f"{ratio:.2f}x" in text
+
+
+def test_compile_bytecode_writes_pyc_for_the_tree(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("forkserve", "benchmarks"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mod.py").write_text("X = 1\n")
+    monkeypatch.setattr(run.servers, "REPO_ROOT", tmp_path)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    raw: dict[str, list[str]] = {"notes": []}
+    run.compile_bytecode(raw)
+    assert list((tmp_path / "forkserve" / "__pycache__").glob("mod.*.pyc"))
+    assert list((tmp_path / "benchmarks" / "__pycache__").glob("mod.*.pyc"))
+    assert raw["notes"] == []
+    shutil.rmtree(tmp_path / "forkserve" / "__pycache__")
+    (tmp_path / "forkserve" / "bad.py").write_text("def (:\n")
+    run.compile_bytecode(raw)
+    assert raw["notes"] and "byte-compiling" in raw["notes"][0]
