@@ -130,9 +130,9 @@ def test_broken_app_gets_a_500_without_its_traceback(caplog: pytest.LogCaptureFi
     assert "the app broke" in caplog.text
 
 
-def test_file_wrapper_in_memory_is_iterated_and_sent_whole(tmp_path: Path) -> None:
+def test_file_wrapper_in_memory_is_copied_and_sent_whole(tmp_path: Path) -> None:
     # Over the socket pair the file goes out with sendfile; in memory there is
-    # no descriptor to send to, so it is read and written: the same bytes.
+    # no descriptor to send to, so it is read (pread) and written: the same bytes.
     data = bytes(range(256)) * 80
     (tmp_path / "f.bin").write_bytes(data)
     out, _ = both(file_app(str(tmp_path / "f.bin")), GET, GET)
