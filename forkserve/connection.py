@@ -642,6 +642,17 @@ class Connection:
                 raise WriteTimeout("client did not read the response in time")
         return total
 
+    def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        """`sendfile` for a socket with no descriptor (in memory): read and send."""
+        total = 0
+        while total < count:
+            data = os.pread(fd, min(RECV_SIZE, count - total), offset + total)
+            if not data:
+                break  # the file is shorter than announced
+            self.send_all(data)
+            total += len(data)
+        return total
+
     def _finish_cycle(self, body: Body, writer: ResponseWriter, now: float) -> None:
         self.requests += 1
         self.request = None
@@ -671,18 +682,6 @@ class Connection:
         else:
             self.state = State.IDLE
             self.deadline = now + self.settings.keepalive
-
-
-    def _copy_file(self, fd: int, offset: int, count: int) -> int:
-        """`sendfile` for a socket with no descriptor (in memory): read and send."""
-        total = 0
-        while total < count:
-            data = os.pread(fd, min(RECV_SIZE, count - total), offset + total)
-            if not data:
-                break  # the file is shorter than announced
-            self.send_all(data)
-            total += len(data)
-        return total
 
 
 class BodyError(Exception):

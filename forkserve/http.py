@@ -160,7 +160,7 @@ class HeadFacts(NamedTuple):
     expect_continue: bool
     # RFC 9112 §9.3: HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only
     # with `Connection: keep-alive` (and no close).
-    keep_alive: bool = True
+    keep_alive: bool
 
 
 def _check_line_endings(block: bytes) -> None:
