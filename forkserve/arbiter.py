@@ -389,6 +389,7 @@ class Arbiter:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue  # not ours: an orphan re-parented to us as PID 1
+            self.heartbeats.clear_load(worker.slot)  # even a killed worker stops counting
             self.on_worker_exit(worker, status)
             try:
                 self.hooks.call("child_exit", self, worker)

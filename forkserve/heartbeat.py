@@ -5,6 +5,11 @@ one slot and its serving loop writes into it: a timestamp on every loop turn,
 and what request it is running. The master reads the slots to find a worker
 stuck in the app (stale heartbeat) and to say what it was doing. No files, no
 threads: a stuck app call simply stops the writes.
+
+Beside the slots, a table of one int32 per slot says how many connections
+each worker holds while it accepts (the value is that count plus one; 0 means
+not accepting: booting, draining, gone). Workers read it to spread keep-alive
+connections evenly (`Peers`): the kernel's wake-up order is not fair.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ SLOT_SIZE = _HEAD.size + _TEXT  # 256 bytes
 _STARTED = struct.Struct(f"=ddq{_TEXT}s")  # beat, request start, requests, text
 _FINISHED = struct.Struct("=ddq")  # beat, 0.0 (idle), requests
 _BEAT = struct.Struct("=d")
+_LOAD = struct.Struct("=i")
+# A peer counts for balancing only while it shows it is serving: it beat this
+# recently (an idle worker beats every 0.25 s), and it is not in the middle
+# of a request that has taken this long (it accepts nothing until it returns).
+PEER_STALE_S = 1.0
+PEER_BUSY_S = 0.05
 
 
 @dataclass
@@ -41,6 +52,7 @@ class Heartbeats:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.mem = mmap.mmap(-1, slots * SLOT_SIZE)
+        self.loads = mmap.mmap(-1, slots * _LOAD.size)  # zero-filled: nobody accepts
 
     def claim(self, exclude: set[int]) -> int:
         """A free slot index (master side, before fork)."""
@@ -53,6 +65,11 @@ class Heartbeats:
         """Master side, right after fork: a fresh slot that counts as just-beaten."""
         _HEAD.pack_into(self.mem, index * SLOT_SIZE, pid, time.monotonic(), 0.0, 0)
         self.mem[index * SLOT_SIZE + _HEAD.size : (index + 1) * SLOT_SIZE] = b"\0" * _TEXT
+        self.clear_load(index)
+
+    def clear_load(self, index: int) -> None:
+        """Master side, when a worker is reaped: it accepts nothing any more."""
+        _LOAD.pack_into(self.loads, index * _LOAD.size, 0)
 
     def read(self, index: int) -> SlotView:
         offset = index * SLOT_SIZE
@@ -62,6 +79,9 @@ class Heartbeats:
 
     def writer(self, index: int) -> SlotWriter:
         return SlotWriter(self.mem, index)
+
+    def peers(self, index: int) -> Peers:
+        return Peers(self, index)
 
 
 class SlotWriter:
@@ -87,3 +107,34 @@ class SlotWriter:
     def request_finished(self, now: float) -> None:
         self.requests += 1
         _FINISHED.pack_into(self.mem, self.offset + 8, now, 0.0, self.requests)
+
+
+class Peers:
+    """Worker side: publish this worker's connection count, read the others'."""
+
+    __slots__ = ("mem", "loads", "index", "offset", "table")
+
+    def __init__(self, heartbeats: Heartbeats, index: int) -> None:
+        self.mem = heartbeats.mem
+        self.loads = heartbeats.loads
+        self.index = index
+        self.offset = index * _LOAD.size
+        self.table = struct.Struct(f"={heartbeats.slots}i")  # the whole table in one unpack
+
+    def publish(self, connections: int) -> None:
+        """This worker accepts and holds `connections` open connections."""
+        _LOAD.pack_into(self.loads, self.offset, connections + 1)
+
+    def withdraw(self) -> None:
+        """This worker accepts no more connections (it drains or exits)."""
+        _LOAD.pack_into(self.loads, self.offset, 0)
+
+    def fewest(self, now: float) -> int | None:
+        """The fewest connections a serving peer holds; None when no peer serves."""
+        loads: tuple[int, ...] = self.table.unpack_from(self.loads)
+        # Least loaded first: the first one that is really serving is the answer.
+        for value, index in sorted((v, i) for i, v in enumerate(loads) if v and i != self.index):
+            _pid, beat, started, _requests = _HEAD.unpack_from(self.mem, index * SLOT_SIZE)
+            if now - beat < PEER_STALE_S and not (started and now - started > PEER_BUSY_S):
+                return value - 1
+        return None

@@ -359,6 +359,74 @@ def test_fifty_keep_alive_clients_on_two_workers_are_all_served(server: Server) 
             s.close()
 
 
+def _open_and_ask_pid(address: tuple[str, int]) -> tuple[socket.socket, int]:
+    """A new keep-alive connection, one request on it: the socket and the worker's pid."""
+    sock = socket.create_connection(address, timeout=5)
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+    _head, body = read_response(sock, timeout=5)
+    return sock, int(json.loads(body)["pid"])
+
+
+def test_keep_alive_connections_opened_one_by_one_spread_over_the_workers() -> None:
+    """The kernel wakes the first idle worker in its queue: without balancing, every
+    client that connects while the server is quiet lands on that one worker (nginx's
+    upstream keep-alive pool, long-lived API clients), and it alone serves them later."""
+    with serve("core_apps:app", "--workers", "3", wait_workers=3) as srv:
+        socks: list[socket.socket] = []
+        try:
+            by_pid: dict[int, list[socket.socket]] = {}
+            for _ in range(12):
+                sock, pid = _open_and_ask_pid(srv.address)
+                socks.append(sock)
+                by_pid.setdefault(pid, []).append(sock)
+                time.sleep(0.03)  # quiet between clients: one worker is always first
+            counts = sorted(len(group) for group in by_pid.values())
+            assert len(counts) == 3 and counts[-1] - counts[0] <= 2, counts
+            # Close one worker's connections: the next clients go there.
+            emptied, gone = min(by_pid.items(), key=lambda item: len(item[1]))
+            for sock in gone:
+                sock.close()
+            time.sleep(0.1)
+            landed = []
+            for _ in range(len(gone)):
+                sock, pid = _open_and_ask_pid(srv.address)
+                socks.append(sock)
+                landed.append(pid)
+                time.sleep(0.03)
+            assert landed.count(emptied) >= len(gone) - 1, (emptied, landed)
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_a_worker_busy_in_the_app_does_not_hold_up_new_connections() -> None:
+    """The worker ahead steps aside for the one behind, but never waits for a worker
+    that is stuck in a request: new clients are answered by the free one at once.
+    (Without that rule the free worker, one connection ahead of the stuck one, would
+    stay out of the accept queue until the slow request ends.)"""
+    with serve("core_apps:app", "--workers", "2", wait_workers=2) as srv:
+        socks: list[socket.socket] = []
+        try:
+            slow = socket.create_connection(srv.address, timeout=10)
+            socks.append(slow)
+            slow.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)
+            pids, waits = set(), []
+            for _ in range(8):
+                began = time.monotonic()
+                sock, pid = _open_and_ask_pid(srv.address)
+                waits.append(time.monotonic() - began)
+                socks.append(sock)
+                pids.add(pid)
+            assert len(pids) == 1  # the free worker took them all
+            assert max(waits) < 0.5, waits  # none waited for the busy one
+            _head, body = read_response(slow, timeout=10)
+            assert int(json.loads(body)["pid"]) not in pids
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def test_idle_keep_alive_connection_closes_at_the_timeout() -> None:
     with serve("core_apps:app", "--keep-alive", "1") as s:
         with socket.create_connection(s.address, timeout=5) as c:
