@@ -155,6 +155,16 @@ SERVERS: dict[str, ServerSpec] = {
             version=_dist_version("waitress"),
         ),
         ServerSpec(
+            name="h11-floor",
+            note="reference, not a server: N forked children, a selectors loop, h11 and a "
+                 "minimal environ; no checks, limits or timeouts (benchmarks/h11_floor.py)",
+            build=lambda app, port, n: [
+                PY, "-m", "benchmarks.h11_floor", app, "--port", str(port), "--workers", str(n),
+            ],
+            missing=_module_missing("h11", "pip install h11"),
+            version=_dist_version("h11"),
+        ),
+        ServerSpec(
             name="granian",
             note="Rust HTTP I/O (hyper/tokio), N worker processes running the WSGI app",
             build=lambda app, port, n: [

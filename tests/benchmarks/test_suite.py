@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import micro, report, run
+from benchmarks import micro, report, run, servers
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -78,3 +78,45 @@ def test_compile_bytecode_writes_pyc_for_the_tree(tmp_path: Path,
     (tmp_path / "forkserve" / "bad.py").write_text("def (:\n")
     run.compile_bytecode(raw)
     assert raw["notes"] and "byte-compiling" in raw["notes"][0]
+
+
+@pytest.mark.parametrize("app, method, size", [
+    ("benchmarks.apps:hello", "GET", 13),
+    ("benchmarks.apps:echo", "POST", 64 * 1024),
+    ("benchmarks.apps:stream", "GET", 1024 * 1024),
+])
+def test_the_h11_floor_serves_every_scenario(
+        tmp_path: Path, app: str, method: str, size: int) -> None:
+    """The reference the targets come from must answer what the scenarios send,
+    or its row would measure errors."""
+    import requests
+
+    running = servers.start(servers.SERVERS[report.FLOOR], app, 2, tmp_path)
+    try:
+        with requests.Session() as session:
+            url = f"http://{servers.HOST}:{running.port}/any?x=1"
+            body = b"y" * size if method == "POST" else None
+            for _ in range(3):
+                answer = session.request(method, url, data=body)
+                assert answer.status_code == 200
+                assert len(answer.content) == size
+        if method == "POST":
+            assert answer.content == b"y" * size
+    finally:
+        assert servers.stop(running)
+    assert not servers._children(running.pid)
+
+
+def test_floor_ratios_sit_beside_the_targets() -> None:
+    def scenario(rps: dict[str, float]) -> dict[str, object]:
+        return {"servers": {name: {"rps": value} for name, value in rps.items()}}
+
+    summary = {"scenarios": {
+        "hello-keepalive": scenario({"h11-floor": 9000.0, "gunicorn-sync": 4000.0,
+                                     "uwsgi": 12000.0}),
+        "flask-keepalive": scenario({"gunicorn-sync": 2000.0}),  # no floor row: no ratio
+    }}
+    ratios = report.floor_ratios(summary)
+    assert ratios["hello keep-alive >= 3.0x gunicorn sync"] == "2.250x"
+    assert ratios["hello keep-alive ahead of uWSGI"] == "0.750x"
+    assert "Flask keep-alive >= 1.8x gunicorn sync" not in ratios
