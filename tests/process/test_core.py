@@ -427,6 +427,17 @@ def test_a_worker_busy_in_the_app_does_not_hold_up_new_connections() -> None:
                 sock.close()
 
 
+def test_the_master_loads_ssl_before_forking_so_the_workers_share_it() -> None:
+    """Flask, Django and requests import ssl; loaded once in the master, its pages
+    are shared by every worker instead of each worker loading its own."""
+    import _ssl
+
+    with serve("core_apps:app", "--workers", "1", wait_workers=1) as srv:
+        # Without --preload the master never imports the app: ssl is its own doing.
+        maps = Path(f"/proc/{srv.pid}/maps").read_text()
+        assert Path(_ssl.__file__).name in maps
+
+
 def test_idle_keep_alive_connection_closes_at_the_timeout() -> None:
     with serve("core_apps:app", "--keep-alive", "1") as s:
         with socket.create_connection(s.address, timeout=5) as c:
