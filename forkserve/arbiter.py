@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import gc
 import os
 import random
 import select
@@ -326,6 +327,11 @@ class Arbiter:
             worker.retire_at = (worker.started_at + cfg.max_worker_lifetime
                                 + random.uniform(0, cfg.max_worker_lifetime_jitter))
         self.hooks.call("pre_fork", self, worker)
+        if cfg.gc_freeze:
+            # The master's objects (and a --preload app) are the worker's from
+            # birth: frozen before fork, no collection in the worker writes to
+            # their headers, so their pages stay shared instead of being copied.
+            gc.freeze()
         pid = os.fork()
         if pid == 0:  # the child: becomes the worker and never returns
             self._become_worker(worker)

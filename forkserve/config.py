@@ -641,6 +641,19 @@ class Config:
         parse=parse_float(0),
         metavar="SECONDS",
     )
+    gc_freeze: bool = setting(
+        True,
+        "--gc-freeze/--no-gc-freeze",
+        help="Move every object that exists when a worker starts serving (the server's, the "
+        "app's, what it imported) out of the garbage collector's reach (gc.freeze). Full "
+        "collections then take about a millisecond instead of tens (each one stalls every "
+        "request of that worker), and pages inherited from the master stay shared. Objects "
+        "frozen then and later left in a reference cycle are never freed: turn it off if "
+        "an app's boot-time objects are meant to be collected.",
+        section="Workers",
+        parse=parse_bool,
+        switch=True,
+    )
     preload_app: bool = setting(
         False,
         "--preload/--no-preload",

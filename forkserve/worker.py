@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import enum
 import faulthandler
+import gc
 import os
 import select
 import signal
@@ -265,6 +266,12 @@ class WorkerLoop:
             self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
         self.worker.hooks.call("post_worker_init", self.worker)
+        if self.cfg.gc_freeze:
+            # Everything alive now lives as long as the worker: a full collection
+            # that walks it all takes 20-35 ms even for hello world (measured:
+            # one per worker in a 4 s wrk run, and it was the p99), under 1 ms
+            # once frozen. O(1): the generations' lists are spliced, not walked.
+            gc.freeze()
         return app
 
     def install_abort_handler(self) -> None:

@@ -7,6 +7,7 @@ with PYTHONWARNINGS=error::wsgiref.validate.WSGIWarning).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -16,6 +17,8 @@ from wsgiref.validate import validator
 
 StartResponse = Callable[..., Any]
 MARKS = os.environ.get("CORE_APPS_MARKS", "")
+# Imported by the worker after fork (no --preload): what the master froze.
+FROZEN_AT_IMPORT = gc.get_freeze_count()
 
 
 def mark(text: str) -> None:
@@ -122,6 +125,12 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         return [b"never"]
     if path == "/pid":
         return _json(start_response, {"pid": os.getpid()})
+    if path == "/gc":
+        garbage: list[Any] = []
+        garbage.append(garbage)  # a cycle: only the collector frees it
+        return _json(start_response, {"frozen_at_import": FROZEN_AT_IMPORT,
+                                      "frozen": gc.get_freeze_count(),
+                                      "collected": gc.collect()})
     return _json(start_response, {"error": "not found", "path": path}, "404 Not Found")
 
 

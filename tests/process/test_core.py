@@ -438,6 +438,23 @@ def test_the_master_loads_ssl_before_forking_so_the_workers_share_it() -> None:
         assert Path(_ssl.__file__).name in maps
 
 
+@pytest.mark.parametrize("flag", [None, "--no-gc-freeze"])
+def test_boot_time_objects_are_frozen_out_of_the_collector(flag: str | None) -> None:
+    """A full collection walks every tracked object: tens of ms per worker once the
+    app is imported. Frozen (the master before fork, the worker once booted), those
+    objects are skipped, while garbage made by requests is still collected."""
+    args = ["--workers", "1"] + ([flag] if flag else [])
+    with serve("core_apps:app", *args, wait_workers=1) as srv:
+        seen = requests.get(srv.url + "/gc", timeout=5).json()
+        seen_again = requests.get(srv.url + "/gc", timeout=5).json()
+    if flag is None:
+        assert seen["frozen_at_import"] > 0  # the master froze what the worker inherited
+        assert seen["frozen"] > seen["frozen_at_import"]  # and the worker its app
+    else:
+        assert seen["frozen_at_import"] == 0 and seen["frozen"] == 0
+    assert seen_again["collected"] >= 1  # the request's cycle: collection still works
+
+
 def test_idle_keep_alive_connection_closes_at_the_timeout() -> None:
     with serve("core_apps:app", "--keep-alive", "1") as s:
         with socket.create_connection(s.address, timeout=5) as c:
