@@ -300,7 +300,9 @@ def format_meta(raw: Json) -> str:
         f"Linux {meta['kernel']}, Python {meta['python']}",
         f"- load: {meta['load_tool']}; {meta['workers']} workers per server; "
         f"{meta['duration_s']} s per run; {meta['repeat']} interleaved repetition(s), "
-        f"medians shown",
+        f"medians shown"
+        + (f"; start-up: median of {meta['startup_samples']} starts per server and app"
+           if meta.get("startup_samples") else ""),
         f"- date: {meta['date']}; forkserve tree: {meta['git_commit']}",
     ]
     return "\n".join(lines)

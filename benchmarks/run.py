@@ -105,6 +105,7 @@ SCENARIOS: list[Scenario] = [
              method="POST", body_size=POST_BODY_SIZE),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
+STARTUP_SAMPLES = 5  # extra starts per server and app (see measure_startup)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Options:
     micro: bool
     quick: bool
     results_dir: Path
+    startup_samples: int = 0  # extra starts per server and app, beyond one per repetition
 
 
 # --- options --------------------------------------------------------------------
@@ -163,6 +165,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes of the built-in load generator")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmark")
+    parser.add_argument("--startup-samples", type=int,
+                        help="extra interleaved starts per server and app, for the start-up "
+                             "medians (default 5; quick: 0)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -171,8 +176,11 @@ def parse_args(argv: list[str] | None) -> Options:
     load_tool = args.load if args.load != "auto" else ("wrk" if wrk.wrk_binary() else "builtin")
     duration = args.duration if args.duration is not None else (1 if args.quick else 3)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    if duration < 1 or repeat < 1 or args.workers < 1:
-        parser.error("--duration, --repeat and --workers must be at least 1")
+    startup_samples = (args.startup_samples if args.startup_samples is not None
+                       else (0 if args.quick else STARTUP_SAMPLES))
+    if duration < 1 or repeat < 1 or args.workers < 1 or startup_samples < 0:
+        parser.error("--duration, --repeat and --workers must be at least 1, "
+                     "--startup-samples at least 0")
     return Options(
         workers=args.workers,
         duration_s=duration,
@@ -186,6 +194,7 @@ def parse_args(argv: list[str] | None) -> Options:
         micro=not args.no_micro,
         quick=args.quick,
         results_dir=args.results_dir,
+        startup_samples=startup_samples,
     )
 
 
@@ -376,9 +385,36 @@ def run_suite(opts: Options, raw: Json) -> None:
                     continue
                 if not run_block(spec, app, scenarios, rep, opts, raw):
                     broken.add((spec.name, app))
+    measure_startup(specs, opts, raw, broken)
     if opts.micro:
         print("micro-benchmark (in-process request path)...", flush=True)
         raw["micro"] = micro.run_micro(quick=opts.quick)
+
+
+def measure_startup(specs: list[servers.ServerSpec], opts: Options, raw: Json,
+                    broken: set[tuple[str, str]]) -> None:
+    """More start-to-first-200 samples: start, answer, stop, each server in turn.
+
+    One start per repetition gives three samples, and on a noisy machine a
+    third of a second moves by a tenth from one start to the next: enough to
+    flip a target. These starts do nothing but start.
+    """
+    for sample in range(opts.startup_samples):
+        for app, scenarios in app_groups(opts.scenarios):
+            label = scenarios[0].app_label
+            for spec in specs[sample % len(specs):] + specs[: sample % len(specs)]:
+                if (spec.name, app) in broken:
+                    continue
+                try:
+                    running = servers.start(spec, app, opts.workers, WORK_DIR)
+                except servers.StartFailed:
+                    continue  # the load repetitions already noted why
+                try:
+                    raw["startup"].setdefault(label, {}).setdefault(spec.name, []).append(
+                        running.startup_s)
+                finally:
+                    servers.stop(running)
+        print(f"start-up samples: {sample + 1}/{opts.startup_samples}", flush=True)
 
 
 def run_block(
@@ -495,6 +531,7 @@ def machine_meta(opts: Options) -> Json:
         "workers": opts.workers,
         "duration_s": opts.duration_s,
         "repeat": opts.repeat,
+        "startup_samples": opts.startup_samples + opts.repeat,
         "quick": opts.quick,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": _git_commit(),
