@@ -397,11 +397,14 @@ def measure_startup(specs: list[servers.ServerSpec], opts: Options, raw: Json,
 
     One start per repetition gives three samples, and on a noisy machine a
     third of a second moves by a tenth from one start to the next: enough to
-    flip a target. These starts do nothing but start.
+    flip a target. These starts do nothing but start; only the apps the
+    targets name get them.
     """
     for sample in range(opts.startup_samples):
         for app, scenarios in app_groups(opts.scenarios):
             label = scenarios[0].app_label
+            if label not in report.MEMORY_TARGET_APPS:
+                continue
             for spec in specs[sample % len(specs):] + specs[: sample % len(specs)]:
                 if (spec.name, app) in broken:
                     continue

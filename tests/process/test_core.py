@@ -386,7 +386,7 @@ def test_keep_alive_connections_opened_one_by_one_spread_over_the_workers() -> N
             emptied, gone = min(by_pid.items(), key=lambda item: len(item[1]))
             for sock in gone:
                 sock.close()
-            time.sleep(0.1)
+            time.sleep(0.4)  # past a 0.25 s tick: the others see they are ahead and step aside
             landed = []
             for _ in range(len(gone)):
                 sock, pid = _open_and_ask_pid(srv.address)
