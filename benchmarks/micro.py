@@ -2,7 +2,7 @@
 
     python -m benchmarks.micro [--quick] [--json]
 
-Three numbers for one hello-world request, in µs, all in this process with no
+Four numbers for one hello-world request, in µs, all in this process with no
 network between client and server:
 
 - `h11 round trip`: the floor forkserve is built on. One h11 server
@@ -17,6 +17,12 @@ network between client and server:
   "not available" while the server does not provide it.
 - `the same over a socketpair`: that path with a real socket pair under it
   (a send and a receive on each end), to show what the kernel adds.
+
+The rows take turns, one batch each, nine times; the ratio to the h11 row
+is the median of the ratios within each turn. Timed one row after the other,
+the rows of one run differed by a third in either direction on this
+machine, and forkserve's row once came out slower in memory than over a
+socketpair.
 
 The issue's target is forkserve / h11 <= 1.3.
 """
@@ -113,8 +119,8 @@ def forkserve_path(socketpair: bool = False) -> tuple[Callable[[], object] | Non
     return once, "ok"
 
 
-def time_per_call(func: Callable[[], object], *, repeats: int, target_s: float) -> float:
-    """Median µs per call over `repeats` batches, each sized to last about `target_s`."""
+def batch_size(func: Callable[[], object], target_s: float) -> int:
+    """How many calls of `func` take about `target_s` (its first call warms caches)."""
     func()  # first call pays for imports and caches
     batch = 1
     while True:
@@ -122,9 +128,30 @@ def time_per_call(func: Callable[[], object], *, repeats: int, target_s: float) 
         if elapsed >= target_s / 4 or batch >= 1 << 22:
             break
         batch *= 4
-    batch = max(1, int(batch * target_s / max(elapsed, 1e-9)))
-    samples = [_time_batch(func, batch) / batch * 1e6 for _ in range(repeats)]
-    return statistics.median(samples)
+    return max(1, int(batch * target_s / max(elapsed, 1e-9)))
+
+
+def time_interleaved(funcs: dict[str, Callable[[], object]], *, repeats: int,
+                     target_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Median µs per call of each row, and each row's median ratio to the first row.
+
+    The rows take turns, one batch each, `repeats` times (A B C, A B C, ...):
+    this machine's speed drifts by a third within a minute, so rows timed one
+    after the other compare two different machines. The ratio is taken within
+    each turn, then the median of those.
+    """
+    sizes = {name: batch_size(func, target_s) for name, func in funcs.items()}
+    samples: dict[str, list[float]] = {name: [] for name in funcs}
+    for _ in range(repeats):
+        for name, func in funcs.items():
+            samples[name].append(_time_batch(func, sizes[name]) / sizes[name] * 1e6)
+    first = next(iter(funcs))
+    us = {name: statistics.median(values) for name, values in samples.items()}
+    ratios = {
+        name: statistics.median(v / b for v, b in zip(values, samples[first], strict=True))
+        for name, values in samples.items()
+    }
+    return us, ratios
 
 
 def _time_batch(func: Callable[[], object], batch: int) -> float:
@@ -142,29 +169,29 @@ def _time_batch(func: Callable[[], object], batch: int) -> float:
 
 
 def run_micro(quick: bool = False) -> dict[str, Any]:
-    """Measure the three rows; None for a row that cannot run here."""
-    repeats, target_s = (3, 0.1) if quick else (7, 0.3)
-    result: dict[str, Any] = {
+    """Measure the rows, interleaved; None for a row that cannot run here."""
+    repeats, target_s = (3, 0.1) if quick else (9, 0.25)
+    rows: dict[str, Callable[[], object]] = {"h11": h11_round_trip(), "app": app_call()}
+    path, status = forkserve_path()
+    if path is not None:
+        rows["memory"] = path
+    pair, _ = forkserve_path(socketpair=True)
+    if pair is not None:
+        rows["socketpair"] = pair
+    us, ratios = time_interleaved(rows, repeats=repeats, target_s=target_s)
+    return {
         "unit": "us_per_request",
         "request": RAW_REQUEST.decode("latin-1"),
-        "h11_round_trip_us": time_per_call(h11_round_trip(), repeats=repeats, target_s=target_s),
-        "app_call_us": time_per_call(app_call(), repeats=repeats, target_s=target_s),
+        "h11_round_trip_us": us["h11"],
+        "app_call_us": us["app"],
         "target_ratio": TARGET_RATIO,
+        "forkserve_status": status,
+        "forkserve_request_path_us": us.get("memory"),
+        "forkserve_over_h11": ratios.get("memory"),
+        "forkserve_socketpair_us": us.get("socketpair"),
+        "socketpair_over_h11": ratios.get("socketpair"),
+        "interleaved_repeats": repeats,
     }
-    path, status = forkserve_path()
-    result["forkserve_status"] = status
-    if path is None:
-        result["forkserve_request_path_us"] = None
-        result["forkserve_over_h11"] = None
-    else:
-        us = time_per_call(path, repeats=repeats, target_s=target_s)
-        result["forkserve_request_path_us"] = us
-        result["forkserve_over_h11"] = us / result["h11_round_trip_us"]
-    pair, _ = forkserve_path(socketpair=True)
-    result["forkserve_socketpair_us"] = (
-        None if pair is None else time_per_call(pair, repeats=repeats, target_s=target_s)
-    )
-    return result
 
 
 def format_micro(result: dict[str, Any]) -> str:
@@ -190,8 +217,9 @@ def format_micro(result: dict[str, Any]) -> str:
         )
     pair_us = result.get("forkserve_socketpair_us")
     if pair_us is not None:
+        pair_ratio = result.get("socketpair_over_h11") or pair_us / h11_us
         lines.append(f"| the same over a socketpair (4 syscalls) | {pair_us:.2f} |"
-                     f" {pair_us / h11_us:.2f} |")
+                     f" {pair_ratio:.2f} |")
     return "\n".join(lines)
 
 
