@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(signum: int, frame: Any) -> None:
         for pid in children:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the child that died, already reaped
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)

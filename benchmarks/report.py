@@ -301,7 +301,7 @@ def format_meta(raw: Json) -> str:
         f"- load: {meta['load_tool']}; {meta['workers']} workers per server; "
         f"{meta['duration_s']} s per run; {meta['repeat']} interleaved repetition(s), "
         f"medians shown"
-        + (f"; start-up: median of {meta['startup_samples']} starts per server and app"
+        + (f"; start-up (hello, Flask): median of {meta['startup_samples']} starts per server"
            if meta.get("startup_samples") else ""),
         f"- date: {meta['date']}; forkserve tree: {meta['git_commit']}",
     ]

@@ -105,7 +105,7 @@ SCENARIOS: list[Scenario] = [
              method="POST", body_size=POST_BODY_SIZE),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
-STARTUP_SAMPLES = 5  # extra starts per server and app (see measure_startup)
+STARTUP_SAMPLES = 5  # extra starts per server, hello and Flask (see measure_startup)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Options:
     micro: bool
     quick: bool
     results_dir: Path
-    startup_samples: int = 0  # extra starts per server and app, beyond one per repetition
+    startup_samples: int = 0  # extra starts per server (hello, Flask), beyond one per repetition
 
 
 # --- options --------------------------------------------------------------------
@@ -166,8 +166,8 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="processes of the built-in load generator")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmark")
     parser.add_argument("--startup-samples", type=int,
-                        help="extra interleaved starts per server and app, for the start-up "
-                             "medians (default 5; quick: 0)")
+                        help="extra interleaved starts per server for the hello and Flask "
+                             "apps, for the start-up medians (default 5; quick: 0)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -400,7 +400,7 @@ def measure_startup(specs: list[servers.ServerSpec], opts: Options, raw: Json,
     flip a target. These starts do nothing but start; only the apps the
     targets name get them.
     """
-    for sample in range(opts.startup_samples):
+    for sample in range(opts.startup_samples if specs else 0):
         for app, scenarios in app_groups(opts.scenarios):
             label = scenarios[0].app_label
             if label not in report.MEMORY_TARGET_APPS:
