@@ -193,7 +193,7 @@ def _field_lines(lines: list[bytes], limits: Limits) -> list[tuple[bytes, bytes]
 # The common case of one field line: token ":" anything (the head's bytes were
 # already checked for controls, bare CR and LF). Whatever does not match is
 # looked at rule by rule, to say exactly what is wrong with it.
-_FIELD_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*)", re.S)
+_FIELD_LINE = re.compile(b"(" + _TOKEN.pattern + rb"):(.*)", re.S)
 
 
 def _refuse_field_line(line: bytes, limits: Limits) -> NoReturn:
