@@ -352,7 +352,10 @@ class WorkerLoop:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
-                self.balance(now)  # loads change as the others' clients come and go
+                # Loads change as the others' clients come and go. While aside,
+                # the recheck above already looks every BALANCE_RECHECK_S.
+                if not self.aside:
+                    self.balance(now)
                 self.update_title(now)
                 if os.getppid() != self.master_pid:
                     log.warning("Master %d is gone; worker %d exiting", self.master_pid,
