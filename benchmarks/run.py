@@ -575,10 +575,13 @@ def compile_bytecode(raw: Json) -> None:
     tens of milliseconds of start-up and extra memory that no installed
     forkserve pays. compileall writes the files whatever that variable says.
     """
-    tree = servers.REPO_ROOT
-    ok = all(compileall.compile_dir(tree / name, quiet=1) for name in ("forkserve", "benchmarks"))
-    if not ok:
+    if not byte_compile(servers.REPO_ROOT):
         note(raw, "byte-compiling forkserve or the apps failed: start-up includes compiling")
+
+
+def byte_compile(tree: Path) -> bool:
+    """Write the .pyc files of `tree`'s forkserve and benchmarks; False if one failed."""
+    return all(compileall.compile_dir(tree / name, quiet=1) for name in ("forkserve", "benchmarks"))
 
 
 def main(argv: list[str] | None = None) -> int:

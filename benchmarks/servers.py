@@ -208,11 +208,11 @@ class Running:
         return self.popen.pid
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(tree: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # The apps (and a not-yet-installed forkserve) import from the repo root.
+    # The apps (and a not-yet-installed forkserve) import from the tree's root.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p
+        p for p in [str(tree), env.get("PYTHONPATH", "")] if p
     )
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -228,8 +228,13 @@ def log_tail(path: Path) -> str:
     return f"{last} (log: {path})"
 
 
-def start(spec: ServerSpec, app: str, workers: int, log_dir: Path) -> Running:
-    """Start `spec` serving `app` and wait for the first 200; time it from the spawn."""
+def start(spec: ServerSpec, app: str, workers: int, log_dir: Path,
+          tree: Path = REPO_ROOT) -> Running:
+    """Start `spec` serving `app` and wait for the first 200; time it from the spawn.
+
+    `tree` is the checkout the apps (and forkserve, run with `-m` from there)
+    come from: another one for `benchmarks.ab`.
+    """
     port = free_port()
     log_path = log_dir / f"{spec.name}-{port}.log"
     command = spec.build(app, port, workers)
@@ -237,8 +242,8 @@ def start(spec: ServerSpec, app: str, workers: int, log_dir: Path) -> Running:
         began = time.perf_counter()
         popen = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
-            env=_server_env(),
+            cwd=tree,
+            env=_server_env(tree),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
