@@ -10,7 +10,7 @@ network between client and server:
   Data and EndOfMessage, start_next_cycle. No environ, no app.
 - `app call`: the hello app itself with a prepared environ, so the app's own
   share is visible.
-- `forkserve request path`: `forkserve.connection.process_request_bytes(app,
+- `forkserve request path`: `forkserve.inprocess.process_request_bytes(app,
   raw)`, bytes in to bytes out through the server's real code (pre-check,
   h11, environ, app, response writer) on a connection held in memory, so
   that, like the h11 row, it has no sockets. Imported lazily: reported as
@@ -100,12 +100,12 @@ def forkserve_path(socketpair: bool = False) -> tuple[Callable[[], object] | Non
     kernel send and receive on each side of a real socket pair.
     """
     try:
-        module = importlib.import_module("forkserve.connection")
+        module = importlib.import_module("forkserve.inprocess")
     except ImportError as exc:
-        return None, f"not available (import forkserve.connection failed: {exc})"
+        return None, f"not available (import forkserve.inprocess failed: {exc})"
     process = getattr(module, "process_request_bytes", None)
     if process is None:
-        return None, "not available (forkserve.connection.process_request_bytes is missing)"
+        return None, "not available (forkserve.inprocess.process_request_bytes is missing)"
     try:
         response = process(hello, RAW_REQUEST, socketpair=socketpair)
     except TypeError as exc:  # an older tree without the socketpair mode

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -22,8 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forkserve.errors import ConfigError
-from forkserve.proxy import parse_allow_entry
-from forkserve.tls import parse_cert_reqs
 
 Parser = Callable[[str], Any]
 
@@ -121,6 +120,35 @@ def parse_optional_str(text: str) -> str | None:
 
 def parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_allow_entry(text: str) -> str:
+    """Validate one allow-list entry: an IP address, a CIDR network, or `*`."""
+    entry = text.strip()
+    if entry == "*":
+        return entry
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address, a CIDR network or '*', got {text!r}") from None
+    return entry
+
+
+# ssl.CERT_NONE / CERT_OPTIONAL / CERT_REQUIRED (fixed by OpenSSL's verify modes).
+# Spelled as numbers so that reading the settings does not load ssl: importing
+# it costs every server ~20 ms of start-up and libssl's pages, and most never
+# serve TLS. `tls.make_context` imports it when a certificate is configured.
+CERT_REQS = {"none": 0, "optional": 1, "required": 2}
+
+
+def parse_cert_reqs(text: str) -> int:
+    """gunicorn's numbers (0, 1, 2) or the names none / optional / required."""
+    value = text.strip().lower()
+    if value in CERT_REQS:
+        return int(CERT_REQS[value])
+    if value in ("0", "1", "2"):
+        return int(value)
+    raise ValueError(f"expected none, optional, required (or 0, 1, 2), got {text!r}")
 
 
 def parse_allow_ips(text: str) -> list[str]:

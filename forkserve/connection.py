@@ -8,11 +8,12 @@ request is complete does `run()` call the app, with the socket read and
 written under deadlines so a client that stops reading or sending cannot hold
 the worker past them.
 
-h11 parses each request head, after `http.check_head` has refused what h11
-would let through; bodies are framed by `http`'s own strict decoders (h11's
-chunked parser accepts malformed chunk extensions and trailers). forkserve
-writes responses itself from the already validated status and headers, which
-also saves h11's 17 µs send path per request.
+The parser seam (`forkserve.parser`) splits each request head, after
+`http.check_head` has refused what h11 would let through; bodies are framed by
+`http`'s own strict decoders (h11's chunked parser accepts malformed chunk
+extensions and trailers). Responses are framed by `forkserve.response` from
+the already validated status and headers, which also saves h11's 17 µs send
+path per request; this module writes them.
 """
 
 from __future__ import annotations
@@ -20,21 +21,16 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import resource
 import select
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import h11
-
-from forkserve import SERVER_SOFTWARE
 from forkserve.config import Config
-from forkserve.environ import Body, ServerFacts, build_environ
-from forkserve.errors import HTTPError
+from forkserve.environ import Body, build_environ
+from forkserve.errors import ClientGone, HTTPError, WriteTimeout
 from forkserve.http import (
     BodyDecoder,
     ChunkedDecoder,
@@ -46,9 +42,11 @@ from forkserve.http import (
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
+from forkserve.parser import HeadParser, RequestHead, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
+from forkserve.response import ResponseWriter, error_response
 from forkserve.tls import make_context
-from forkserve.wsgi import FileWrapper, ResponseError, StartResponse
+from forkserve.wsgi import StartResponse
 
 if TYPE_CHECKING:
     # ssl is imported only once TLS is configured (forkserve.tls): loading it
@@ -62,20 +60,6 @@ RECV_SIZE = 65536
 MAX_DRAIN = 256 * 1024
 LINGER_SECONDS = 2.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-REASONS = {
-    400: "Bad Request",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
-
 
 class State(enum.Enum):
     """Where a connection is in its life (only READY, once run, holds the worker)."""
@@ -98,14 +82,6 @@ class ClientSocket(Protocol):
     def close(self) -> None: ...
 
 
-class WriteTimeout(Exception):
-    """The client did not read the response in time."""
-
-
-class ClientGone(Exception):
-    """The client closed or reset the connection, or a deadline passed mid-request."""
-
-
 @dataclass
 class Settings:
     """The few values a connection needs (not the whole config); built once per worker."""
@@ -119,56 +95,9 @@ class Settings:
     forwarded: AllowList | None = None  # peers whose X-Forwarded-*/Forwarded are believed
     proxy_protocol: AllowList | None = None  # peers that must send a PROXY header; None = off
     tls: ssl.SSLContext | None = None
+    parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def http_date(seconds: float) -> str:
-    """RFC 9110 §5.6.7 IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-
-    Formatted by hand: strftime's %a/%b follow the process locale (an app may
-    set one), and email.utils would load the whole email package per worker.
-    """
-    t = time.gmtime(seconds)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
-
-
-class DateCache:
-    """The `Date` header value, formatted at most once a second."""
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.value = ""
-
-    def get(self) -> str:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.value = http_date(now)
-        return self.value
-
-
-DATE = DateCache()
-
-
-def error_response(status: int, detail: str = "") -> bytes:
-    """A complete response the server sends for a request it refuses itself."""
-    reason = REASONS.get(status, "Error")
-    body = f"{status} {reason}\n".encode("ascii")
-    return (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Date: {DATE.get()}\r\nServer: {SERVER_SOFTWARE}\r\n"
-        f"Connection: close\r\n\r\n"
-    ).encode("ascii") + body
-
-
-_SEQUENCES = (list, tuple)  # response bodies sent in one write, with a Content-Length
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
 
 
@@ -237,7 +166,7 @@ class Connection:
         self.deadline = now + settings.header_timeout
         self.body_deadline = 0.0
         self.last_active = now
-        self.request: h11.Request | None = None
+        self.request: RequestHead | None = None
         self.facts: HeadFacts | None = None
         self.decoder: BodyDecoder = _NO_BODY
         self.body_chunks: list[bytes] = []
@@ -327,7 +256,7 @@ class Connection:
         return True
 
     def advance_head(self, now: float, fresh: bytes | None = None) -> State:
-        """Look for a complete head in `buf`; validate it and hand it to h11.
+        """Look for a complete head in `buf`; validate it and hand it to the parser.
 
         `fresh` is a read that arrived while `buf` was empty: it is scanned where
         it lies (a head that came in one read is never copied) and goes into
@@ -354,11 +283,7 @@ class Connection:
             head = bytes(buf[:end])  # a whole bytes object is not copied
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
-            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.head + 1)
-            parser.receive_data(head)
-            event = parser.next_event()
-            if not isinstance(event, h11.Request):
-                raise HTTPError(400, f"unexpected {type(event).__name__}")
+            event = self.settings.parse_head(head)
             self.buf = bytearray()
             self.scan = 0
             length = facts.content_length
@@ -366,9 +291,6 @@ class Connection:
                 raise HTTPError(413, "Content-Length larger than --limit-request-body")
         except HTTPError as exc:
             self.refuse(exc.status, exc.detail)
-            return self.state
-        except h11.RemoteProtocolError as exc:
-            self.refuse(exc.error_status_hint, str(exc))
             return self.state
         self.request, self.facts = event, facts
         self.body_chunks, self.body_size = [], 0
@@ -500,7 +422,7 @@ class Connection:
             request.method,
             request.target,
             request.http_version,
-            request.headers.raw_items(),  # a plain list: cheaper than iterating Headers
+            request.headers,
             self.peer,
             body,
         )
@@ -696,7 +618,7 @@ class BodyError(Exception):
 class RequestHooks:
     """Called around each request; the worker subclasses this (heartbeat, hooks)."""
 
-    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes,
+    def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
         """Before the app: `peer` is `HOST:PORT` (`unix`), `now` is time.monotonic()."""
 
@@ -731,336 +653,6 @@ def _wait(fd: int, events: int, deadline: float) -> bool:
             return True
 
 
-class ResponseWriter:
-    """Frames and writes one response from what the app gave `start_response`."""
-
-    __slots__ = (
-        "conn",
-        "head_only",
-        "http11",
-        "start",
-        "headers_sent",
-        "sent",
-        "sent_headers",
-        "close",
-        "broken",
-        "chunked",
-        "remaining",
-        "status",
-        "body",
-    )
-
-    def __init__(
-        self, conn: Connection, head_only: bool, http_version: bytes, body: Body | None = None
-    ) -> None:
-        self.conn = conn
-        self.body = body
-        self.head_only = head_only
-        self.http11 = http_version == b"1.1"
-        self.start: StartResponse | None = None
-        self.headers_sent = False
-        self.sent = 0
-        self.sent_headers: list[tuple[str, str]] = []
-        self.close = not conn.keep_alive
-        self.broken = False
-        self.chunked = False
-        self.remaining: int | None = None  # body bytes still owed under Content-Length
-        self.status = ""
-
-    def status_line(self) -> str:
-        return self.status or "-"
-
-    def _head(self, body_length: int | None) -> bytes:
-        """Serialize the status line and headers, deciding the framing."""
-        start = self.start
-        assert start is not None
-        if start.status is None:
-            raise ResponseError("the app returned without calling start_response")
-        code = start.code
-        headers = list(start.headers)
-        no_body = self.head_only or code in (204, 304)
-        length = start.content_length
-        if start.close:
-            self.close = True
-        if self.body is not None and self.body.waiting_for_continue:
-            # RFC 9110 §10.1.1: the client will not send the body it announced,
-            # so the connection cannot carry another request.
-            self.close = True
-        if length is None and code not in (204, 304):
-            if body_length is not None:
-                length = body_length
-                headers.append(("Content-Length", str(length)))
-            elif self.head_only:
-                pass  # the GET would have been framed some way we cannot know: say nothing
-            elif self.http11:
-                self.chunked = True
-                headers.append(("Transfer-Encoding", "chunked"))
-            else:
-                self.close = True  # HTTP/1.0 without a length: the close ends the body
-        self.remaining = None if no_body else length
-        if self.conn.draining:
-            self.close = True
-        if not start.has_date:
-            headers.append(("Date", DATE.get()))
-        if not start.has_server:
-            headers.append(("Server", SERVER_SOFTWARE))
-        if self.close:
-            headers.append(("Connection", "close"))
-        elif not self.http11:
-            headers.append(("Connection", "keep-alive"))
-        self.sent_headers = headers
-        self.status = start.status or ""
-        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
-        return f"HTTP/1.1 {start.status}\r\n{lines}\r\n".encode("latin-1")
-
-    def _frame(self, data: bytes) -> bytes:
-        """Body bytes as they go on the wire, checking Content-Length."""
-        if self.head_only or (self.start is not None and self.start.code in (204, 304)):
-            return b""
-        if self.remaining is not None:
-            if len(data) > self.remaining:
-                raise ResponseError(
-                    f"app sent more than its Content-Length ({self.sent + len(data)} bytes)"
-                )
-            self.remaining -= len(data)
-        self.sent += len(data)
-        if self.chunked:
-            return b"%x\r\n%b\r\n" % (len(data), data)
-        return data
-
-    def write_legacy(self, data: bytes) -> None:
-        """The `write()` callable: send the head first if needed, then `data`."""
-        if not data:
-            return
-        head = b""
-        if not self.headers_sent:
-            head = self._head(None)
-            self.headers_sent = True
-        self.conn.send_all(head + self._frame(data))
-
-    def send_iterable(self, result: Iterable[bytes]) -> None:
-        """Send the app's response iterable; one write for a small known body."""
-        if isinstance(result, FileWrapper) and not self.headers_sent:
-            if self._try_sendfile(result):
-                return
-        if isinstance(result, _SEQUENCES) and not self.headers_sent:
-            for item in result:
-                if type(item) is not bytes:
-                    raise TypeError(f"app yielded {type(item).__name__}, not bytes")
-            body = b"".join(result)
-            assert self.start is not None
-            if self.start.status is None:
-                raise ResponseError("the app returned without calling start_response")
-            head = self._head(len(body))
-            out = head + self._frame(body) if body else head
-            if self.chunked:
-                out += b"0\r\n\r\n"
-            self.headers_sent = True
-            self.conn.send_all(out)
-            self._check_complete()
-            return
-        for data in result:
-            if type(data) is not bytes:
-                raise TypeError(f"app yielded {type(data).__name__}, not bytes")
-            if data:
-                self.write_legacy(data)
-        self.end()
-
-    def end(self) -> None:
-        """After the last body piece: send any unsent head and the final chunk."""
-        out = b""
-        if not self.headers_sent:
-            out = self._head(0 if self.start and self.start.content_length is None else None)
-            self.headers_sent = True
-        if self.chunked:
-            out += b"0\r\n\r\n"
-        if out:
-            self.conn.send_all(out)
-        self._check_complete()
-
-    def _check_complete(self) -> None:
-        if self.remaining:
-            self.close = True
-            log.error(
-                "app sent %d bytes less than its Content-Length; closing the connection",
-                self.remaining,
-            )
-
-    def _try_sendfile(self, wrapper: FileWrapper) -> bool:
-        if self.conn.tls:
-            return False  # the kernel cannot encrypt: iterate the file through ssl instead
-        fd = wrapper.fileno()
-        if fd is None:
-            return False
-        try:
-            size = os.fstat(fd).st_size
-            offset = os.lseek(fd, 0, os.SEEK_CUR)
-        except OSError:
-            return False
-        assert self.start is not None
-        if self.start.status is None:
-            raise ResponseError("the app returned without calling start_response")
-        available = max(0, size - offset)
-        head = self._head(available if self.start.content_length is None else None)
-        self.headers_sent = True
-        self.conn.send_all(head)
-        if self.remaining is None:
-            return True  # HEAD / 204 / 304: no body
-        count = min(available, self.remaining)
-        sent = self.conn.sendfile(fd, offset, count)
-        self.sent += sent
-        self.remaining -= sent
-        self._check_complete()
-        return True
-
-    def fail(self, status: int, message: str, exc: BaseException | None = None,
-             log_traceback: bool = True) -> None:
-        """The app (or the body) failed: log it; answer `status` if nothing was sent yet."""
-        if log_traceback and exc is not None:
-            log.error("%s", message, exc_info=(type(exc), exc, exc.__traceback__))
-        else:
-            log.warning("%s", message)
-        self.close = True
-        if self.headers_sent:
-            self.broken = True  # mid-stream: the only honest signal left is closing
-            return
-        self.status = f"{status} {REASONS.get(status, 'Error')}"
-        self.headers_sent = True
-        try:
-            self.conn.send_all(error_response(status))
-        except (ClientGone, WriteTimeout):
-            self.broken = True
-
-
-class MemorySocket:
-    """A client connection held in memory: no descriptor, no system calls.
-
-    What the client sent waits in `inbox` for `recv`; what the server sends
-    collects in `outbox`. Writes never block and reads never wait, so the
-    connection code runs exactly its own Python path: what the in-process
-    micro-benchmark measures (syscalls are measured by the load runs).
-    """
-
-    family = socket.AF_INET
-
-    def __init__(self) -> None:
-        self.inbox = bytearray()
-        self.outbox = bytearray()
-        self.client_closed = False
-        self.closed = False
-
-    def fileno(self) -> int:
-        return -1  # not a kernel socket: sendfile falls back to reading the file
-
-    def recv(self, size: int) -> bytes:
-        if self.closed:
-            raise OSError(errno.EBADF, "closed")
-        if not self.inbox:
-            if self.client_closed:
-                return b""
-            raise BlockingIOError(errno.EAGAIN, "nothing sent yet")
-        data = bytes(self.inbox[:size])
-        del self.inbox[:size]
-        return data
-
-    def send(self, data: bytes | memoryview) -> int:
-        if self.closed:
-            raise OSError(errno.EBADF, "closed")
-        self.outbox += data
-        return len(data)
-
-    def shutdown(self, how: int) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class InProcessClient:
-    """One keep-alive connection, driven without a worker loop.
-
-    For benchmarks and tests of the request path: bytes in -> pre-check -> h11
-    -> environ -> app -> response bytes out, through the same `Connection`
-    code a worker runs, minus the epoll wake-up. In memory by default (see
-    `MemorySocket`); `socketpair=True` puts a real socket pair underneath, so
-    each request also pays the kernel's send and receive on both ends.
-    """
-
-    def __init__(self, app: Callable[..., Any], socketpair: bool = False) -> None:
-        self.app = app
-        self.client: socket.socket | None = None
-        self.memory: MemorySocket | None = None
-        server: ClientSocket
-        if socketpair:
-            self.client, server = socket.socketpair()
-            self.client.setblocking(False)
-            server.setblocking(False)
-        else:
-            server = self.memory = MemorySocket()
-        settings = Settings(Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20)
-        base = ServerFacts("localhost", "80").base_environ(sys.stderr, FileWrapper)
-        self.conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
-        self.access_log = AccessLog(None, "")
-        self.hooks = RequestHooks()
-
-    def request(self, raw: bytes) -> bytes:
-        """Send `raw`, run every complete request in it, return what the server wrote."""
-        if self.memory is not None:
-            self.memory.inbox += raw
-        else:
-            assert self.client is not None
-            self.client.sendall(raw)
-        state = self.conn.on_readable(time.monotonic())
-        while state is State.READY:
-            self.conn.run(self.app, self.access_log, self.hooks)
-            state = self.conn.state
-        if self.memory is not None:
-            out = bytes(self.memory.outbox)
-            self.memory.outbox.clear()
-            return out
-        assert self.client is not None
-        # Everything the server wrote is already in the socket buffer: a read
-        # shorter than asked for has taken it all (no EAGAIN round trip).
-        chunks = []
-        while True:
-            try:
-                chunk = self.client.recv(RECV_SIZE)
-            except BlockingIOError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < RECV_SIZE:
-                break
-        return b"".join(chunks)
-
-    @property
-    def open(self) -> bool:
-        return self.conn.state is not State.CLOSED
-
-    def close(self) -> None:
-        self.conn.close()
-        if self.client is not None:
-            self.client.close()
-
-
-_IN_PROCESS: dict[tuple[int, bool], InProcessClient] = {}
-
-
-def process_request_bytes(app: Callable[..., Any], raw: bytes, socketpair: bool = False) -> bytes:
-    """Run the request(s) in `raw` through the whole request path in memory.
-
-    Reuses one keep-alive connection per app, as a real client would, so a
-    loop of calls measures the per-request cost, not connection setup. With
-    `socketpair=True` the bytes cross a real socket pair both ways.
-    """
-    key = (id(app), socketpair)
-    client = _IN_PROCESS.get(key)
-    if client is None or not client.open or client.app is not app:
-        if client is not None:
-            client.close()
-        client = _IN_PROCESS[key] = InProcessClient(app, socketpair)
-    return client.request(raw)
-
-
 def settings_from(cfg: Config) -> Settings:
     """A worker's connection settings, built once after fork from its config."""
     tls = None
@@ -1083,18 +675,3 @@ def settings_from(cfg: Config) -> Settings:
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
     )
-
-
-def raise_fd_limit() -> None:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (at worker start).
-
-    Every parked connection is a descriptor; the common soft default of 1024
-    would make --worker-connections=1000 plus the app's own files fail with
-    EMFILE long before the kernel's real (hard) limit.
-    """
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass  # not allowed here (e.g. hard is unlimited but capped by the kernel)

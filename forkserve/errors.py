@@ -45,6 +45,14 @@ class HTTPError(Exception):
         self.detail = detail
 
 
+class WriteTimeout(Exception):
+    """The client did not read the response in time."""
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection, or a deadline passed mid-request."""
+
+
 class WorkerExit(enum.IntEnum):
     """Exit statuses a worker uses to tell the master why it stopped.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import resource
 from dataclasses import dataclass
 
 from forkserve.errors import ConfigError
@@ -87,3 +88,18 @@ def _is_regular_file(fd: int) -> bool:
         return stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
         return False
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (at worker start).
+
+    Every parked connection is a descriptor; the common soft default of 1024
+    would make --worker-connections=1000 plus the app's own files fail with
+    EMFILE long before the kernel's real (hard) limit.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # not allowed here (e.g. hard is unlimited but capped by the kernel)

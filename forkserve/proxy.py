@@ -20,21 +20,10 @@ import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+from forkserve.config import parse_allow_entry
 from forkserve.errors import HTTPError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_allow_entry(text: str) -> str:
-    """Validate one allow-list entry: an IP address, a CIDR network, or `*`."""
-    entry = text.strip()
-    if entry == "*":
-        return entry
-    try:
-        ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        raise ValueError(f"expected an IP address, a CIDR network or '*', got {text!r}") from None
-    return entry
 
 
 class AllowList:

@@ -15,23 +15,6 @@ from forkserve.errors import ConfigError
 if TYPE_CHECKING:
     import ssl
 
-# ssl.CERT_NONE / CERT_OPTIONAL / CERT_REQUIRED (fixed by OpenSSL's verify modes).
-# Spelled as numbers so that reading the settings does not load ssl: importing
-# it costs every server ~20 ms of start-up and libssl's pages, and most never
-# serve TLS. `make_context` imports it when a certificate is configured.
-CERT_REQS = {"none": 0, "optional": 1, "required": 2}
-
-
-def parse_cert_reqs(text: str) -> int:
-    """gunicorn's numbers (0, 1, 2) or the names none / optional / required."""
-    value = text.strip().lower()
-    if value in CERT_REQS:
-        return int(CERT_REQS[value])
-    if value in ("0", "1", "2"):
-        return int(value)
-    raise ValueError(f"expected none, optional, required (or 0, 1, 2), got {text!r}")
-
-
 def make_context(
     certfile: str,
     keyfile: str | None,

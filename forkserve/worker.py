@@ -30,25 +30,20 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import h11
 import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config
-from forkserve.connection import (
-    Connection,
-    RequestHooks,
-    ResponseWriter,
-    State,
-    raise_fd_limit,
-    settings_from,
-)
+from forkserve.connection import Connection, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
 from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.parser import RequestHead
+from forkserve.process import raise_fd_limit
+from forkserve.response import ResponseWriter
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
 from forkserve.wsgi import FileWrapper
@@ -171,7 +166,7 @@ class _Hooks(RequestHooks):
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
 
-    def started(self, request: h11.Request, environ: dict[str, Any], peer: bytes,
+    def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)

@@ -57,9 +57,9 @@ def test_micro_rows_take_turns_and_ratios_are_taken_within_each_turn(
 
 
 def test_micro_refuses_a_path_that_answers_wrongly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import forkserve.connection
+    import forkserve.inprocess
 
-    monkeypatch.setattr(forkserve.connection, "process_request_bytes",
+    monkeypatch.setattr(forkserve.inprocess, "process_request_bytes",
                         lambda app, raw, socketpair=False: b"HTTP/1.1 500 Oops\r\n\r\n")
     path, status = micro.forkserve_path()
     assert path is None and "unexpected response" in status

@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 import pytest
 
-from forkserve.connection import http_date
+from forkserve.response import http_date
 
 MOMENTS = [0, 784111777, 951782400, 1_700_000_000.9, 2_000_000_000, 4_102_444_799]
 

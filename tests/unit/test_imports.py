@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 
-from forkserve.tls import CERT_REQS
+from forkserve.config import CERT_REQS
 
 # module -> what needs it
 LAZY = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from forkserve.connection import InProcessClient, process_request_bytes
+from forkserve.inprocess import InProcessClient, process_request_bytes
 
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 GET = b"GET /p?q=1 HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n\r\n"
