@@ -206,9 +206,7 @@ class Arbiter:
 
     def wait(self, timeout: float) -> None:
         assert self.signals is not None
-        if self.signals.pending:
-            return
-        fds = [self.signals.read_fd]
+        fds = [self.signals.read_fd]  # a signal already delivered makes it readable
         if self.reloader is not None and self.reloader.fileno() is not None:
             fds.append(self.reloader.fileno())  # type: ignore[arg-type]
         try:
