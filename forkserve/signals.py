@@ -41,14 +41,20 @@ class SignalQueue:
         """
 
     def drain(self) -> list[int]:
-        """Empty the wakeup pipe: one entry per delivered signal, oldest first."""
+        """Empty the wakeup pipe: one entry per delivered signal, by signal number.
+
+        Signals pending together are delivered by the kernel in no order the
+        sender chose (USR1 then TTIN arrive as TTIN, USR1), so a batch is
+        handled in signal-number order, as CPython runs its handlers: USR1
+        (reopen the logs) comes before what logs about TTIN, TTOU or WINCH.
+        """
         data = b""
         try:
             while chunk := os.read(self.read_fd, 4096):
                 data += chunk
         except BlockingIOError:
             pass
-        return [sig for sig in data if sig in self.installed]
+        return sorted(sig for sig in data if sig in self.installed)
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
