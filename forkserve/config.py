@@ -629,8 +629,9 @@ class Config:
     max_requests: int = setting(
         0,
         "--max-requests",
-        help="Replace a worker after it has served this many requests (0 = never). The "
-        "replacement starts first; the old worker stops once it is serving.",
+        help="Replace a worker after it has served this many requests (0 = never). At the "
+        "limit it takes no new request, answers what has arrived and exits; the master "
+        "starts its replacement at once.",
         section="Workers",
         parse=parse_int(0),
         metavar="INT",
@@ -647,8 +648,8 @@ class Config:
     max_worker_memory: int = setting(
         0,
         "--max-worker-memory",
-        help="Replace a worker whose resident memory (RSS) exceeds this many MiB, after its "
-        "current request (0 = off).",
+        help="Replace a worker whose resident memory (RSS) exceeds this many MiB, checked "
+        "after every request (0 = off).",
         section="Workers",
         parse=parse_int(0),
         metavar="MIB",

@@ -8,6 +8,7 @@ tests, opening one connection per request, could not see.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -217,3 +218,46 @@ def test_term_answers_every_request_that_reached_the_server() -> None:
     finally:
         s.kill()
 
+
+
+# -- recycling is precise ---------------------------------------------------
+def test_max_requests_stops_taking_requests_at_the_limit() -> None:
+    # Two keep-alive clients loop as fast as they can. At its 20th request the
+    # worker takes no new one: it answers what has already arrived (at most
+    # one more per open connection, with Connection: close) and leaves, and
+    # the master starts its replacement at once (the worker wakes it).
+    with serve(APP, "--workers", "1", "--max-requests", "20", wait_workers=1) as s:
+        (first,) = s.worker_pids()
+        pids: list[int] = []
+
+        def loop() -> None:
+            with requests.Session() as session:
+                while len(pids) < 80:
+                    pids.append(session.get(s.url + "/pid", timeout=10).json()["pid"])
+
+        threads = [threading.Thread(target=loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        served = pids.count(first)
+        assert 20 <= served <= 22, served
+        assert len(set(pids)) >= 2
+        assert re.search(rf"Replacing worker {first}: served 20 requests", s.log)
+
+
+def test_max_worker_memory_is_checked_after_every_request() -> None:
+    # Each /grow?10 keeps 10 MiB more. The worker leaves after the request
+    # that took it over the limit: it never gets a second one to grow with.
+    with serve(APP, "--workers", "1", "--max-worker-memory", "100", wait_workers=1) as s:
+        (first,) = s.worker_pids()
+        with requests.Session() as session:
+            for _ in range(30):
+                pid = session.get(s.url + "/grow?10", timeout=10).json()["pid"]
+                if pid != first:
+                    break
+        log = s.wait_for_log(rf"Worker {first} exited with OK")
+        m = re.search(rf"Replacing worker {first}: uses (\d+) MiB \(--max-worker-memory 100\)",
+                      log)
+        assert m, log
+        assert 100 < int(m.group(1)) <= 112  # one request's growth past the limit, at most
