@@ -531,14 +531,18 @@ class WorkerLoop:
         # leaves only when strictly ahead of a serving peer by more than the
         # slack, so the least loaded serving worker always accepts.
         kept = len(self.kept)
+        fewest: int | None = None
         if kept > BALANCE_SLACK:
             fewest = self.peers.fewest(now)
             ahead = fewest is not None and kept > fewest + BALANCE_SLACK
         if ahead and not self.aside:
+            log.debug("Worker %d steps out of the accept queue: %d kept-alive connections, "
+                      "a serving peer has %s", os.getpid(), kept, fewest)
             for fd in self.listen_socks:
                 self.epoll.unregister(fd)
         elif self.aside and not ahead:
             # Back at the tail of the queue, behind the workers that stayed.
+            log.debug("Worker %d is back in the accept queue", os.getpid())
             for fd in self.listen_socks:
                 self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
         self.aside = ahead

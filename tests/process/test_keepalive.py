@@ -7,6 +7,7 @@ tests, opening one connection per request, could not see.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -261,3 +262,77 @@ def test_max_worker_memory_is_checked_after_every_request() -> None:
                       log)
         assert m, log
         assert 100 < int(m.group(1)) <= 112  # one request's growth past the limit, at most
+
+
+# -- balance and accepting ----------------------------------------------------
+def test_connection_close_traffic_never_makes_a_worker_step_aside() -> None:
+    # Ten idle keep-alive connections spread over two workers, then clients
+    # that open a connection per request. Those are gone after their answer:
+    # they must not count as load, or every worker looks ahead of the others
+    # at once and leaves the accept queue (issue 11: 7,539 requests/s fell to
+    # 344). Balancing the kept-alive connections themselves is fine.
+    with serve("core_apps:app", "--workers", "2", "--log-level", "debug",
+               wait_workers=2) as s:
+        # Exactly five kept-alive connections in each worker, so that no worker
+        # is ahead by what it keeps: any step aside would be the close traffic's.
+        per_worker: dict[int, list[socket.socket]] = {}
+        extra: list[socket.socket] = []
+        for _ in range(100):
+            if sorted(len(v) for v in per_worker.values()) == [5, 5]:
+                break
+            sock = socket.create_connection(s.address, timeout=10)
+            sock.sendall(GET)
+            _head, body, _ = read_response(sock)
+            worker_socks = per_worker.setdefault(json.loads(body)["pid"], [])
+            (worker_socks if len(worker_socks) < 5 else extra).append(sock)
+            if extra:
+                extra.pop().close()
+                time.sleep(0.05)  # the worker sees the close and counts one fewer
+        assert sorted(len(v) for v in per_worker.values()) == [5, 5], per_worker
+        idle = [sock for socks in per_worker.values() for sock in socks]
+        time.sleep(0.3)
+        before = s.log.count("steps out of the accept queue")
+        done = []
+
+        def close_loop() -> None:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                r = requests.get(s.url + "/hello", timeout=10, headers={"Connection": "close"})
+                done.append(r.status_code)
+
+        threads = [threading.Thread(target=close_loop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert done and set(done) == {200}
+        assert s.log.count("steps out of the accept queue") == before
+        for sock in idle:
+            sock.close()
+
+
+def timed_get(url: str, barrier: threading.Barrier, took: list[float]) -> None:
+    """GET `url` on a new connection once every thread is ready; append how long it took."""
+    barrier.wait()
+    t0 = time.monotonic()
+    r = requests.get(url, timeout=10, headers={"Connection": "close"})
+    if r.status_code == 200:
+        took.append(time.monotonic() - t0)
+
+
+def test_simultaneous_slow_requests_on_idle_workers_run_in_parallel() -> None:
+    # Four 1 s requests at once on four idle workers: each goes to its own
+    # worker, none waits behind another (issue 11: 1, 1, 2 and 3 s when a
+    # worker accepted up to four connections per wake-up).
+    with serve("core_apps:app", "--workers", "4", wait_workers=4) as s:
+        time.sleep(0.5)  # every worker is waiting in epoll
+        for _ in range(3):
+            took: list[float] = []
+            barrier = threading.Barrier(4)
+            threads = [threading.Thread(target=timed_get, args=(s.url + "/slow?1", barrier, took))
+                       for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(15)
+            assert len(took) == 4 and max(took) < 1.8, took
