@@ -303,6 +303,19 @@ def test_connection_close_traffic_never_makes_a_worker_step_aside() -> None:
         threads = [threading.Thread(target=close_loop) for _ in range(4)]
         for t in threads:
             t.start()
+        # Connection-close clients whose heads arrive in two parts: parked in
+        # their workers for a moment, so that counting them would show.
+        partial = []
+        for _ in range(8):
+            sock = socket.create_connection(s.address, timeout=10)
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: test\r\n")
+            partial.append(sock)
+            time.sleep(0.02)
+        time.sleep(0.3)
+        for sock in partial:
+            sock.sendall(b"Connection: close\r\n\r\n")
+            assert read_to_eof(sock).startswith(b"HTTP/1.1 200 ")
+            sock.close()
         for t in threads:
             t.join(15)
         assert done and set(done) == {200}
