@@ -37,6 +37,7 @@ from forkserve.config import Config
 from forkserve.connection import Connection, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
+from forkserve.handoff import HANDOFF_AFTER_S, WATCH_INTERVAL_S, HandoffChannel
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
@@ -115,6 +116,9 @@ class Worker:
     # Where a worker that leaves by itself (--max-requests, --max-worker-memory)
     # tells the master, which starts its replacement at once (arbiter.Notices).
     notice_fd: int = -1
+    # Moves parked connections with a request waiting away from a worker busy
+    # in a slow request (forkserve.handoff); None = off (TLS).
+    handoff: HandoffChannel | None = None
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -187,9 +191,13 @@ class _Hooks(RequestHooks):
         self.hooks = worker.hooks
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
+        # When the request in progress started (monotonic; 0 = none): the
+        # handoff watcher thread reads it.
+        self.busy_since = 0.0
 
     def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
+        self.busy_since = now
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)
         self.req = None
@@ -246,6 +254,12 @@ class WorkerLoop:
         self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
+        self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
+        self.handoff = worker.handoff if not cfg.certfile else None
+        # Held by the serving loop except while a request runs: the handoff
+        # watcher takes it to touch the parked connections, so the two
+        # threads never do at once.
+        self.lock = threading.Lock()
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -293,8 +307,11 @@ class WorkerLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
+            self.bases.append(base)
             self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
+        if self.handoff is not None:
+            self.epoll.register(self.handoff.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.worker.hooks.call("post_worker_init", self.worker)
         if self.cfg.gc_freeze:
             # Everything alive now lives as long as the worker: a full collection
@@ -343,6 +360,9 @@ class WorkerLoop:
     def serve(self) -> int:
         app = self.boot()
         self.booted = True
+        self.lock.acquire()
+        if self.handoff is not None:
+            threading.Thread(target=self.watch, name="forkserve-handoff", daemon=True).start()
         self.slot.booted(os.getpid(), time.monotonic())
         self.peers.publish(0)
         log.info("Booted worker with pid: %d", os.getpid())
@@ -372,6 +392,8 @@ class WorkerLoop:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
+                elif self.handoff is not None and fd == self.handoff.fileno():
+                    self.take_handed_off(now)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -410,7 +432,12 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
-        conn.run(app, self.access_log, self.hooks)
+        self.lock.release()  # the watcher may move parked connections meanwhile
+        try:
+            conn.run(app, self.access_log, self.hooks)
+        finally:
+            self.lock.acquire()
+            self.hooks.busy_since = 0.0
         if conn.requests == 1 and conn.state not in (State.CLOSED, State.CLOSING):
             self.keep(conn)
         # Placed (or forgotten) before a recycle starts draining: draining
@@ -548,6 +575,74 @@ class WorkerLoop:
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
 
+    # -- moving parked connections away from a slow request ---------------------
+    def watch(self) -> None:
+        """The handoff watcher thread: while a request runs long, move waiting neighbours.
+
+        Runs in its own thread in the worker, for the worker's life. It sleeps
+        but for a glance every WATCH_INTERVAL_S; it takes the loop's lock only
+        once a request has run past HANDOFF_AFTER_S, when the serving loop is
+        inside the app and does not hold it.
+        """
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            started = self.hooks.busy_since
+            if (not started or self.draining
+                    or time.monotonic() - started < HANDOFF_AFTER_S):
+                continue
+            if not self.lock.acquire(blocking=False):
+                continue  # the loop is back from the app
+            try:
+                if self.hooks.busy_since == started:
+                    self.hand_off_waiting()
+            finally:
+                self.lock.release()
+
+    def hand_off_waiting(self) -> None:
+        """Send every parked idle connection whose next request is arriving to another worker.
+
+        Watcher thread, under the loop's lock. Only IDLE connections move: all
+        their bytes are still in the kernel, so the taker reads the request as
+        if the connection had always been its own.
+        """
+        assert self.handoff is not None
+        for fd, _mask in self.epoll.poll(0):
+            conn = self.conns.get(fd)
+            if conn is None or conn.state is not State.IDLE or conn.buf:
+                continue
+            index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
+            if index < 0 or not self.handoff.send(fd, index, conn.peer):
+                continue
+            log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
+            self.polled.discard(fd)
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+            self.conns.pop(fd, None)
+            if fd in self.kept:
+                self.kept.discard(fd)
+                self.peers.publish(len(self.kept))
+            conn.close()  # our copy only: the one in flight keeps the connection open
+
+    def take_handed_off(self, now: float) -> None:
+        """Serving loop: take one connection a busy peer handed over."""
+        assert self.handoff is not None
+        got = self.handoff.receive()
+        if got is None:
+            return
+        sock, index, peer = got
+        if not 0 <= index < len(self.bases):
+            sock.close()
+            return
+        conn = Connection(sock, peer, self.bases[index], self.settings, now)
+        conn.proxy_pending = False  # its PROXY header was read by the worker it came from
+        conn.requests = 1  # it has been answered before: it is a kept-alive connection
+        self.conns[conn.fd] = conn
+        self.keep(conn)
+        conn.on_readable(now)
+        self._place(conn)
+
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
         idle = [c for c in self.conns.values() if c.state in (State.IDLE, State.HEAD)]
@@ -603,6 +698,9 @@ class WorkerLoop:
             return
         self.draining = True
         self.peers.withdraw()  # the others stop making room for this worker
+        if self.handoff is not None:
+            # Leaving: take no more connections from busy peers.
+            self.epoll.unregister(self.handoff.fileno())
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
         # Connections the kernel already completed into the backlog: take them all

@@ -349,3 +349,81 @@ def test_simultaneous_slow_requests_on_idle_workers_run_in_parallel() -> None:
             for t in threads:
                 t.join(15)
             assert len(took) == 4 and max(took) < 1.8, took
+
+
+# -- no client waits behind another's slow request ----------------------------
+class FastLoops:
+    """`clients` requests.Session loops on a fast URL, recording each request's latency."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url = url
+        self.latencies: list[tuple[float, float]] = []  # (start, duration)
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True)
+                         for _ in range(clients)]
+
+    def _loop(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = session.get(self.url, timeout=15)
+                    ok = r.status_code == 200
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                self.latencies.append((t0, time.monotonic() - t0))
+                if not ok:
+                    self.failures.append(f"status {r.status_code}")
+                time.sleep(0.005)
+
+    def __enter__(self) -> FastLoops:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+
+    def worst_since(self, since: float) -> float:
+        return max(d for t0, d in self.latencies if t0 >= since)
+
+
+def test_a_slow_request_delays_no_keepalive_client_parked_beside_it() -> None:
+    # Two workers, ten keep-alive clients looping on a fast URL; one 3 s
+    # request lands in one of the workers. The clients parked in that worker
+    # must be served by the other one meanwhile (issue 11: they waited the
+    # full 3.0 s; the aim is 100 ms, the bound here is generous).
+    with serve("core_apps:app", "--workers", "2", wait_workers=2) as s:
+        with FastLoops(s.url + "/hello", clients=10) as fast:
+            time.sleep(0.5)
+            since = time.monotonic()
+            for _ in range(2):
+                r = requests.get(s.url + "/slow?3", timeout=10)
+                assert r.status_code == 200
+        # Measured once every loop has finished its last request: one stuck
+        # behind the slow request is counted too.
+        worst = fast.worst_since(since)
+        assert worst < 1.0, worst
+        assert fast.failures == [], fast.failures[:5]
+
+
+def test_a_client_that_stops_reading_holds_only_its_own_connection() -> None:
+    # A client asks for 64 MiB and reads nothing: its worker is stuck writing
+    # until --write-timeout. The other keep-alive clients must not wait for it.
+    with serve("core_apps:app", "--workers", "2", "--write-timeout", "4",
+               wait_workers=2) as s:
+        with FastLoops(s.url + "/hello", clients=10) as fast:
+            time.sleep(0.5)
+            since = time.monotonic()
+            stalled = socket.create_connection(s.address, timeout=10)
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(b"GET /stream?67108864 HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(3.0)
+        worst = fast.worst_since(since)  # the loops have all finished: none is left out
+        stalled.close()
+        assert worst < 1.0, worst
+        assert fast.failures == [], fast.failures[:5]
