@@ -74,3 +74,12 @@ def _read_body(environ: Environ) -> bytes:
         parts.append(part)
         remaining -= len(part)
     return b"".join(parts)
+
+
+def mixed(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """hello, except `/slow?SECONDS`, which sleeps first: a slow request among fast ones."""
+    if environ.get("PATH_INFO") == "/slow":
+        import time
+
+        time.sleep(float(environ.get("QUERY_STRING") or "1"))
+    return hello(environ, start_response)

@@ -75,6 +75,7 @@ BALANCE_RECHECK_S = 0.01
 # reconnect in a response instead of meeting a close it has to race
 # (docs/signals.md "What happens to connections on a stop").
 DRAIN_LAST_CHANCE_S = 0.5
+HANDOFF_TAKE = 16  # connections taken from busy peers per wake-up at most
 
 
 class WorkerState(enum.Enum):
@@ -383,9 +384,14 @@ class WorkerLoop:
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
+                    if conn.state is State.READY:
+                        continue  # already queued; its bytes wait in the kernel
                     state = conn.on_readable(now)
                     if state is State.READY:
-                        self.run(conn, app)
+                        # Queued, not run at once: a connection handed over by
+                        # a busy peer in this same wake-up has waited longer
+                        # and goes first (take_handed_off).
+                        self.ready.append(conn)
                     elif state is State.CLOSED:
                         self._forget(conn)
                 elif fd in self.listen_socks:
@@ -626,22 +632,32 @@ class WorkerLoop:
             conn.close()  # our copy only: the one in flight keeps the connection open
 
     def take_handed_off(self, now: float) -> None:
-        """Serving loop: take one connection a busy peer handed over."""
+        """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
+
+        They go to the front of the ready queue: each has already waited at
+        least HANDOFF_AFTER_S behind a slow request, so a client of this
+        worker that sent its request just now does not pass them. Taking all
+        that wait (not one) matters when every worker was busy: otherwise
+        the queue would drain one connection per slow request.
+        """
         assert self.handoff is not None
-        got = self.handoff.receive()
-        if got is None:
-            return
-        sock, index, peer = got
-        if not 0 <= index < len(self.bases):
-            sock.close()
-            return
-        conn = Connection(sock, peer, self.bases[index], self.settings, now)
-        conn.proxy_pending = False  # its PROXY header was read by the worker it came from
-        conn.requests = 1  # it has been answered before: it is a kept-alive connection
-        self.conns[conn.fd] = conn
-        self.keep(conn)
-        conn.on_readable(now)
-        self._place(conn)
+        for _ in range(HANDOFF_TAKE):
+            got = self.handoff.receive()
+            if got is None:
+                return
+            sock, index, peer = got
+            if not 0 <= index < len(self.bases):
+                sock.close()
+                continue
+            conn = Connection(sock, peer, self.bases[index], self.settings, now)
+            conn.proxy_pending = False  # its PROXY header was read by the worker it came from
+            conn.requests = 1  # it has been answered before: it is a kept-alive connection
+            self.conns[conn.fd] = conn
+            self.keep(conn)
+            if conn.on_readable(now) is State.READY:
+                self.ready.appendleft(conn)
+            else:
+                self._place(conn)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
