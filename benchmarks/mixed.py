@@ -23,6 +23,7 @@ different machines.
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import sys
 import threading
@@ -61,7 +62,7 @@ class ClassResult:
         data = sorted(self.latencies_ms)
         if not data:
             return float("nan")
-        rank = max(1, min(len(data), round(q / 100 * len(data) + 0.5)))
+        rank = max(1, min(len(data), math.ceil(q / 100 * len(data))))
         return data[rank - 1]
 
 
