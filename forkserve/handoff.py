@@ -19,9 +19,10 @@ sits idle. The way out is to move the connection, not the request:
   been its own. If every worker is busy the connection waits in the pair's
   queue, and the first to be free takes it: no worker is ever worse off.
 
-Only idle connections with nothing buffered in user space move, so the
-bytes that matter are all still in the kernel: nothing has to be copied and
-nothing can be lost on the way. TLS connections never move (their session
+Only connections with nothing buffered in user space move: idle keep-alive
+connections, and new ones accepted in the same batch as the slow request and
+parked unread. The bytes that matter are all still in the kernel: nothing
+has to be copied and nothing can be lost on the way. TLS connections never move (their session
 state lives in the worker's OpenSSL), so with TLS this is off.
 """
 
@@ -58,18 +59,22 @@ class HandoffChannel:
         """The end workers wait on for connections to take."""
         return self.receive_end.fileno()
 
-    def send(self, fd: int, listener: int, peer: tuple[str, int] | None) -> bool:
-        """Send the connection `fd` to whichever worker takes it first; False if not sent."""
+    def send(self, fd: int, listener: int, peer: tuple[str, int] | None, fresh: bool) -> bool:
+        """Send the connection `fd` to whichever worker takes it first; False if not sent.
+
+        `fresh`: accepted but never read (its PROXY header, if any, is still
+        to come); otherwise a kept-alive connection between requests.
+        """
         host, port = peer if peer is not None else ("", 0)
-        message = f"{listener} {port} {host}".encode("ascii", "replace")
+        message = f"{listener} {int(fresh)} {port} {host}".encode("ascii", "replace")
         try:
             socket.send_fds(self.send_end, [message], [fd])
         except OSError:  # BlockingIOError: the queue is full; the worker keeps it
             return False
         return True
 
-    def receive(self) -> tuple[socket.socket, int, tuple[str, int] | None] | None:
-        """A connection another worker sent, with its listener index and peer; None if none."""
+    def receive(self) -> tuple[socket.socket, int, tuple[str, int] | None, bool] | None:
+        """A connection another worker sent: (socket, listener index, peer, fresh); None if none."""
         try:
             message, fds, _flags, _addr = socket.recv_fds(self.receive_end, _MAX_MESSAGE, 1)
         except (BlockingIOError, InterruptedError):
@@ -77,8 +82,8 @@ class HandoffChannel:
         if not fds:
             return None
         try:
-            index_text, port_text, host = message.decode("ascii").split(" ", 2)
-            index, port = int(index_text), int(port_text)
+            index_text, fresh_text, port_text, host = message.decode("ascii").split(" ", 3)
+            index, fresh, port = int(index_text), fresh_text == "1", int(port_text)
         except ValueError:
             for fd in fds:
                 _close_fd(fd)
@@ -86,7 +91,7 @@ class HandoffChannel:
         sock = socket.socket(fileno=fds[0])
         sock.setblocking(False)
         peer = (host, port) if host else None
-        return sock, index, peer
+        return sock, index, peer, fresh
 
     def close(self) -> None:
         self.send_end.close()

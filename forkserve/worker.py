@@ -58,10 +58,11 @@ WORKER_SIGNALS = (
 )
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
-# Connections taken per wake-up at most, and none after one whose request is
-# complete (it runs the app next: WorkerLoop.accept). Those still sending
-# their head are parked, so a burst of them is drained in one go.
-ACCEPT_BATCH = 4
+# Connections taken per wake-up at most. Only the first with a complete
+# request is read at once; the rest are parked unread (WorkerLoop.accept),
+# so 500 clients connecting together are all accepted in a few passes
+# instead of one per pass.
+ACCEPT_BATCH = 64
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # Balance: a worker that keeps connections alive and holds more than this
 # many above its least loaded serving peer steps out of the accept queue, so
@@ -261,6 +262,9 @@ class WorkerLoop:
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
         self.lock = threading.Lock()
+        # Connections taken from busy peers and parked unread: served ahead of
+        # this worker's own once their request is read (they waited longer).
+        self.handed_in: set[int] = set()
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -388,10 +392,13 @@ class WorkerLoop:
                         continue  # already queued; its bytes wait in the kernel
                     state = conn.on_readable(now)
                     if state is State.READY:
-                        # Queued, not run at once: a connection handed over by
-                        # a busy peer in this same wake-up has waited longer
-                        # and goes first (take_handed_off).
-                        self.ready.append(conn)
+                        # Queued, not run at once: one handed over by a busy
+                        # peer has waited longer and goes first.
+                        if self.handed_in and fd in self.handed_in:
+                            self.handed_in.discard(fd)
+                            self.ready.appendleft(conn)
+                        else:
+                            self.ready.append(conn)
                     elif state is State.CLOSED:
                         self._forget(conn)
                 elif fd in self.listen_socks:
@@ -499,6 +506,7 @@ class WorkerLoop:
 
     def accept(self, fd: int, now: float, batch: int = ACCEPT_BATCH) -> None:
         listener, base = self.listen_socks[fd]
+        have_ready = False
         for _ in range(batch):
             try:
                 sock, addr = listener.accept()
@@ -520,19 +528,22 @@ class WorkerLoop:
                 self.evict(now)
             conn = Connection(sock, peer, base, self.settings, now)
             self.conns[conn.fd] = conn
+            if have_ready:
+                # One connection of this batch already runs the app next. The
+                # others are parked unread: read at the next pass, or, if that
+                # request turns out slow, handed to an idle peer by the
+                # watcher, their bytes all still in the kernel. (Read now, they
+                # would queue behind it: four 1 s requests on four idle workers
+                # finished at 1, 1, 2 and 3 s when a worker read four per
+                # wake-up; issue 11.)
+                self._place(conn)
+                continue
             # TCP_DEFER_ACCEPT means the request is usually already here.
             state = conn.on_readable(now)
             if state is State.READY and conn.keep_alive:
                 self.keep(conn)
             self._place(conn)
-            if state is State.READY and not self.draining:
-                # This connection will run the app: take no more now. With
-                # EPOLLEXCLUSIVE every arrival wakes one worker waiting in
-                # epoll_wait (a worker busy in the app is passed over), so the
-                # next connection goes to an idle peer instead of queueing here
-                # behind this request (issue 11: four 1 s requests on four idle
-                # workers finished at 1, 1, 2 and 3 s with batches of 4).
-                break
+            have_ready = state is State.READY and not self.draining
         if not self.draining:
             self.balance(now)
 
@@ -614,11 +625,14 @@ class WorkerLoop:
         assert self.handoff is not None
         for fd, _mask in self.epoll.poll(0):
             conn = self.conns.get(fd)
-            if conn is None or conn.state is not State.IDLE or conn.buf:
+            if (conn is None or conn.state not in (State.IDLE, State.HEAD) or conn.buf
+                    or conn.handshaking):
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
-            if index < 0 or not self.handoff.send(fd, index, conn.peer):
+            fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
+            if index < 0 or not self.handoff.send(fd, index, conn.peer, fresh):
                 continue
+            self.handed_in.discard(fd)
             log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
             self.polled.discard(fd)
             try:
@@ -641,20 +655,28 @@ class WorkerLoop:
         the queue would drain one connection per slow request.
         """
         assert self.handoff is not None
+        have_ready = False
         for _ in range(HANDOFF_TAKE):
             got = self.handoff.receive()
             if got is None:
                 return
-            sock, index, peer = got
+            sock, index, peer, fresh = got
             if not 0 <= index < len(self.bases):
                 sock.close()
                 continue
             conn = Connection(sock, peer, self.bases[index], self.settings, now)
-            conn.proxy_pending = False  # its PROXY header was read by the worker it came from
-            conn.requests = 1  # it has been answered before: it is a kept-alive connection
             self.conns[conn.fd] = conn
-            self.keep(conn)
+            if not fresh:
+                conn.proxy_pending = False  # the worker it came from read its PROXY header
+                conn.requests = 1  # answered before: a kept-alive connection
+                self.keep(conn)
+            if have_ready:
+                # As in accept: one runs next, the rest wait unread, movable again.
+                self.handed_in.add(conn.fd)
+                self._place(conn)
+                continue
             if conn.on_readable(now) is State.READY:
+                have_ready = True
                 self.ready.appendleft(conn)
             else:
                 self._place(conn)
@@ -683,6 +705,7 @@ class WorkerLoop:
             self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
+        self.handed_in.discard(conn.fd)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)
