@@ -455,3 +455,21 @@ def test_a_client_that_stops_reading_holds_only_its_own_connection() -> None:
         stalled.close()
         assert worst < 1.0, worst
         assert fast.failures == [], fast.failures[:5]
+
+
+def test_a_worker_busy_in_the_app_does_not_absorb_new_connections() -> None:
+    # EPOLLEXCLUSIVE wakes one worker per arrival, and the kernel passes over a
+    # worker whose epoll has no thread waiting (busy in the app): new
+    # connections go straight to the idle one (docs/design.md, "Accepting").
+    with serve("core_apps:app", "--workers", "2", wait_workers=2) as s:
+        slow: dict[str, int] = {}
+        t = threading.Thread(target=lambda: slow.update(
+            requests.get(s.url + "/slow?3", timeout=10, headers={"Connection": "close"}).json()))
+        t.start()
+        time.sleep(0.3)
+        for _ in range(6):
+            t0 = time.monotonic()
+            r = requests.get(s.url + "/pid", timeout=10, headers={"Connection": "close"})
+            assert r.status_code == 200 and time.monotonic() - t0 < 1.0
+        t.join(10)
+        assert slow["pid"] != r.json()["pid"]
