@@ -263,9 +263,6 @@ class WorkerLoop:
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
         self.lock = threading.Lock()
-        # Connections taken from busy peers and parked unread: served ahead of
-        # this worker's own once their request is read (they waited longer).
-        self.handed_in: set[int] = set()
         self.running_fd = -1  # the connection in the app, which the watcher never moves
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
@@ -392,17 +389,13 @@ class WorkerLoop:
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
-                    if conn.state is State.READY:
-                        continue  # already queued; its bytes wait in the kernel
+                    # Read just before it runs, not all up front: while one
+                    # request runs, the others of this batch stay unread in
+                    # the kernel, and the watcher can still hand them to an
+                    # idle peer if that request is slow.
                     state = conn.on_readable(now)
                     if state is State.READY:
-                        # Queued, not run at once: one handed over by a busy
-                        # peer has waited longer and goes first.
-                        if self.handed_in and fd in self.handed_in:
-                            self.handed_in.discard(fd)
-                            self.ready.appendleft(conn)
-                        else:
-                            self.ready.append(conn)
+                        self.run(conn, app)
                     elif state is State.CLOSED:
                         self._forget(conn)
                 elif fd in self.listen_socks:
@@ -410,7 +403,7 @@ class WorkerLoop:
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
                 elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now)
+                    self.take_handed_off(now, app)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -655,7 +648,6 @@ class WorkerLoop:
             fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
             if index < 0 or not self.handoff.send(fd, index, conn.peer, fresh):
                 continue
-            self.handed_in.discard(fd)
             log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
             self.polled.discard(fd)
             try:
@@ -668,14 +660,15 @@ class WorkerLoop:
                 self.peers.publish(len(self.kept))
             conn.close()  # our copy only: the one in flight keeps the connection open
 
-    def take_handed_off(self, now: float) -> None:
+    def take_handed_off(self, now: float, app: Callable[..., Any]) -> None:
         """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
 
-        They go to the front of the ready queue: each has already waited at
-        least HANDOFF_AFTER_S behind a slow request, so a client of this
-        worker that sent its request just now does not pass them. Taking all
-        that wait (not one) matters when every worker was busy: otherwise
-        the queue would drain one connection per slow request.
+        The first runs at once, in the order its wake-up came (epoll reports
+        the pair before requests that arrived after it): it has already waited
+        at least HANDOFF_AFTER_S behind a slow request. The others are parked
+        unread, so that they can move on again if this worker turns out busy
+        too. Taking all that wait (not one) matters when every worker was
+        busy: otherwise the queue would drain one connection per slow request.
         """
         assert self.handoff is not None
         have_ready = False
@@ -697,12 +690,14 @@ class WorkerLoop:
                 self.keep(conn)
             if have_ready:
                 # As in accept: one runs next, the rest wait unread, movable again.
-                self.handed_in.add(conn.fd)
                 self._place(conn)
                 continue
-            if conn.on_readable(now) is State.READY:
+            state = conn.on_readable(now)
+            if state is State.READY:
                 have_ready = True
-                self.ready.appendleft(conn)
+                self.run(conn, app)
+            elif state is State.CLOSED:
+                self._forget(conn)
             else:
                 self._place(conn)
 
@@ -730,7 +725,6 @@ class WorkerLoop:
             self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
-        self.handed_in.discard(conn.fd)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)
