@@ -4,11 +4,14 @@
 `Worker.run()` runs in the child after fork and never returns: it ends the
 process with a `WorkerExit` code.
 
-The loop is one epoll over the listening sockets, the signal wakeup pipe and
-every parked client connection. Accepting, reading request heads, idling on
-keep-alive and timing out cost no app time; a connection runs the app only
-once its request is complete (DESIGN.md §2 "Keep-alive without pinning a
-worker").
+The loop is one epoll over the listening sockets, the signal wakeup pipe, the
+handoff socket pair and every parked client connection. Accepting, reading
+request heads, idling on keep-alive and timing out cost no app time; a
+connection runs the app only once its request is complete (DESIGN.md §2
+"Keep-alive without pinning a worker"). A second thread, the handoff
+watcher, moves parked connections with a request waiting to an idle worker
+while a request runs long (forkserve.handoff); it touches them only under
+the loop's lock, which the loop releases only around the app call.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class Worker:
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
     # Where a worker that leaves by itself (--max-requests, --max-worker-memory)
-    # tells the master, which starts its replacement at once (arbiter.Notices).
+    # tells the master, which starts its replacement at once (Arbiter.collect_notices).
     notice_fd: int = -1
     # Moves parked connections with a request waiting away from a worker busy
     # in a slow request (forkserve.handoff); None = off (TLS).
