@@ -116,7 +116,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         systemd_listeners,
     )
 
-    setup_error_log(cfg.error_logfile, cfg.log_level)
+    setup_error_log(cfg.error_logfile, cfg.log_level, cfg.log_format)
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
     if cfg.certfile:
         from forkserve.tls import make_context
@@ -136,6 +136,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
         listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+    metrics, statsd = _observability(cfg)
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)
@@ -147,7 +148,25 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         return resolve(given, os.environ, launch_dir)[0]
 
     notifier = Notifier.from_env(os.environ)
-    return Arbiter(cfg, listeners, reload_config=reload_config, notifier=notifier).run()
+    return Arbiter(cfg, listeners, reload_config=reload_config, notifier=notifier,
+                   metrics=metrics, statsd=statsd).run()
+
+
+def _observability(cfg: Config) -> tuple[Any, Any]:
+    """The metrics endpoint and the statsd socket: set up before privileges are dropped.
+
+    Imported only when configured: prometheus_client is an optional extra.
+    """
+    metrics = statsd = None
+    if cfg.metrics_bind:
+        from forkserve.metrics import MetricsServer
+
+        metrics = MetricsServer.bind(cfg.metrics_bind)
+    if cfg.statsd_host:
+        from forkserve.statsd import Statsd
+
+        statsd = Statsd(cfg.statsd_host, cfg.statsd_prefix)
+    return metrics, statsd
 
 
 def fail(message: str, status: int) -> None:

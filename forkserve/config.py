@@ -235,6 +235,44 @@ def parse_group(text: str) -> str | None:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+
+
+def parse_header_name(text: str) -> str:
+    value = text.strip()
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"expected a header name such as X-Request-ID, got {text!r}")
+    return value
+
+
+def parse_metrics_bind(text: str) -> str | None:
+    """HOST:PORT or unix:PATH (no fd://: the master binds it itself); '' = off."""
+    if not text.strip():
+        return None
+    if text.strip().startswith("fd://"):
+        raise ValueError(f"expected HOST:PORT or unix:PATH, got {text!r}")
+    return parse_bind(text)
+
+
+def parse_statsd_host(text: str) -> str | None:
+    """HOST:PORT of a statsd daemon; '' = off."""
+    value = text.strip()
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return value
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
@@ -526,6 +564,59 @@ class Config:
         section="Logging",
         parse=parse_log_level,
         metavar="LEVEL",
+    )
+    log_format: str = setting(
+        "text",
+        "--log-format",
+        help="How the error log and the access log are written: 'text' (gunicorn's lines) or "
+        "'json' (one JSON object per line; a worker's stack dump is one object).",
+        section="Logging",
+        parse=parse_log_format,
+        metavar="FORMAT",
+    )
+    request_id: bool = setting(
+        True,
+        "--request-id/--no-request-id",
+        help="Give every request an id: keep the client's --request-id-header when it is at "
+        "most 128 characters of A-Z a-z 0-9 . _ : -, else make one (32 hex digits, uuid4). "
+        "The id is in the environ, the response header and the access log.",
+        section="Logging",
+        parse=parse_bool,
+        switch=True,
+    )
+    request_id_header: str = setting(
+        "X-Request-ID",
+        "--request-id-header",
+        help="The header that carries the request id, in the request and the response.",
+        section="Logging",
+        parse=parse_header_name,
+        metavar="NAME",
+    )
+    metrics_bind: str | None = setting(
+        None,
+        "--metrics-bind",
+        help="Serve Prometheus metrics at GET /metrics on this address (HOST:PORT or "
+        "unix:PATH), from the master, summed over the workers. Needs prometheus_client "
+        "(pip install 'forkserve[metrics]'). Off by default.",
+        section="Metrics",
+        parse=parse_metrics_bind,
+        metavar="ADDRESS",
+    )
+    statsd_host: str | None = setting(
+        None,
+        "--statsd-host",
+        help="Send gunicorn's statsd metrics over UDP to HOST:PORT. Off by default.",
+        section="Metrics",
+        parse=parse_statsd_host,
+        metavar="HOST:PORT",
+    )
+    statsd_prefix: str = setting(
+        "",
+        "--statsd-prefix",
+        help="Prefix of every statsd metric name (a '.' is added after it).",
+        section="Metrics",
+        parse=parse_str,
+        metavar="PREFIX",
     )
     reuse_port: bool = setting(
         False,

@@ -96,6 +96,7 @@ class Settings:
     proxy_protocol: AllowList | None = None  # peers that must send a PROXY header; None = off
     tls: ssl.SSLContext | None = None
     parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
+    on_refused: Callable[[int], None] | None = None  # --metrics-bind counts refusals here
 
 
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
@@ -385,6 +386,8 @@ class Connection:
     def refuse(self, status: int, detail: str) -> None:
         """Answer a request the server rejects, then close without losing the answer."""
         log.debug("refused %s from %s: %s", status, self.peer, detail)
+        if self.settings.on_refused is not None:
+            self.settings.on_refused(status)
         try:
             self.sock.send(error_response(status, detail))
             self.sock.shutdown(socket.SHUT_WR)

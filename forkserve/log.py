@@ -3,6 +3,11 @@
 The error log is a stdlib `logging` logger named "forkserve" with gunicorn's
 line shape (`[time] [pid] [LEVEL] message`). The access log is written by
 `AccessLog`, which formats gunicorn's atoms from one request's facts.
+
+With --log-format json every line of both is one JSON object instead
+(`JsonFormatter`, `access_record`): a log shipper parses it without a regex,
+and a header value full of quotes, backslashes or latin-1 bytes stays one
+valid string holding the same text.
 """
 
 from __future__ import annotations
@@ -26,25 +31,71 @@ def _open_stream(path: str, default: IO[str]) -> IO[str]:
     return open(path, "a", encoding="utf-8", buffering=1)
 
 
-def setup_error_log(path: str, level: str) -> None:
-    """Point the "forkserve" logger at `path` ('-' = stderr). Called again on USR1."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, pid, message (and exception, stack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import json  # only with --log-format json (start-up cost, tests/unit/test_imports.py)
+
+        self.dumps = json.dumps
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": iso_time(record.created),
+            "level": record.levelname,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        stack = getattr(record, "stack", None)  # a worker's thread dump (worker.py)
+        if stack:
+            out["stack"] = stack
+        return self.dumps(out)
+
+
+def iso_time(when: float) -> str:
+    """RFC 3339 local time with milliseconds and the UTC offset."""
+    import datetime  # only with --log-format json
+
+    stamp = datetime.datetime.fromtimestamp(when).astimezone()
+    return stamp.isoformat(timespec="milliseconds")
+
+
+def setup_error_log(path: str, level: str, fmt: str = "text") -> None:
+    """Point the "forkserve" logger at `path` ('-' = stderr). Called again on USR1.
+
+    `fmt` is --log-format: "text" (gunicorn's lines) or "json".
+    """
     for handler in list(log.handlers):
         log.removeHandler(handler)
         if getattr(handler, "stream", None) not in (sys.stderr, sys.stdout):
             handler.close()
     handler = logging.StreamHandler(_open_stream(path, sys.stderr))
-    handler.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
     log.addHandler(handler)
     log.setLevel(level.upper())
     log.propagate = False
 
 
 class AccessLog:
-    """Writes one line per request in gunicorn's access log format."""
+    """Writes one line per request in gunicorn's access log format, or as JSON."""
 
-    def __init__(self, path: str | None, fmt: str) -> None:
+    def __init__(self, path: str | None, fmt: str, json_lines: bool = False,
+                 request_id_key: str | None = None) -> None:
         self.path = path
         self.fmt = fmt
+        self.json_lines = json_lines
+        self.request_id_key = request_id_key  # environ key of the request id; None = off
+        self.dumps: Callable[[Any], str] | None = None
+        if json_lines:
+            import json  # only with --log-format json
+
+            self.dumps = json.dumps
         self.stream: IO[str] | None = None
         self.reopen()
 
@@ -69,12 +120,39 @@ class AccessLog:
     ) -> None:
         if self.stream is None:
             return
+        if self.dumps is not None:
+            record = access_record(environ, status, sent, started, finished,
+                                   self.request_id_key)
+            self.stream.write(self.dumps(record) + "\n")
+            return
         atoms = AtomDict(environ, status, response_headers, sent, started, finished)
         try:
             line = self.fmt % atoms
         except (KeyError, ValueError, TypeError) as exc:
             line = f"bad --access-logformat: {exc}"
         self.stream.write(line + "\n")
+
+
+def access_record(environ: Mapping[str, Any], status: str, sent: int, started: float,
+                  finished: float, request_id_key: str | None) -> dict[str, Any]:
+    """One access log record for --log-format json (header values as received, latin-1)."""
+    code = status.split(" ", 1)[0]
+    raw_uri = str(environ.get("RAW_URI", ""))
+    return {
+        "time": iso_time(started),
+        "pid": os.getpid(),
+        "remote_addr": environ.get("REMOTE_ADDR"),
+        "method": environ.get("REQUEST_METHOD"),
+        "path": raw_uri.split("?", 1)[0] or environ.get("PATH_INFO"),
+        "query": environ.get("QUERY_STRING", ""),
+        "protocol": environ.get("SERVER_PROTOCOL"),
+        "status": int(code) if code.isdigit() else None,
+        "bytes": sent,
+        "duration_ms": round((finished - started) * 1000, 3),
+        "user_agent": environ.get("HTTP_USER_AGENT"),
+        "referer": environ.get("HTTP_REFERER"),
+        "request_id": environ.get(request_id_key) if request_id_key else None,
+    }
 
 
 def _clf_time(when: float) -> str:

@@ -17,6 +17,7 @@ import collections
 import enum
 import faulthandler
 import gc
+import logging
 import os
 import select
 import signal
@@ -40,12 +41,15 @@ from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
-from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.log import AccessLog, ErrorStream, JsonFormatter, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
+from forkserve.requestid import IdSource, environ_key, with_request_id
 from forkserve.response import ResponseWriter
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
+from forkserve.stats import NO_RESPONSE, StatsTable, StatsWriter
+from forkserve.statsd import Statsd
 from forkserve.wsgi import FileWrapper
 
 WORKER_SIGNALS = (
@@ -103,6 +107,11 @@ class Worker:
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
+    stats: StatsTable | None = None  # --metrics-bind: the worker counts into its slot
+    statsd: Statsd | None = None  # --statsd-host: the master's socket, inherited
+    # Set by the master: why it replaces this worker, as forkserve_worker_restarts_total
+    # labels it (timeout, max_requests, max_memory, max_lifetime, reload).
+    restart_reason: str = ""
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -157,27 +166,43 @@ class Worker:
 
 
 class _Hooks(RequestHooks):
-    """Around each request: heartbeat bookkeeping, then the user's post_request hook."""
+    """Around each request: heartbeat, statistics, then the user's post_request hook."""
 
-    def __init__(self, worker: Worker, slot: SlotWriter) -> None:
+    def __init__(self, worker: Worker, slot: SlotWriter, stats: StatsWriter | None) -> None:
         self.worker = worker
         self.slot = slot
+        self.stats = stats
+        self.statsd = worker.statsd
         self.hooks = worker.hooks
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
+        self.started_at = 0.0
 
     def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)
         self.req = None
+        self.started_at = now
+        if self.stats is not None:
+            self.stats.request_started()
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         self.slot.request_finished(now)
+        if self.stats is not None or self.statsd is not None:
+            self.count(environ["REQUEST_METHOD"], writer.status, now - self.started_at)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
             self.hooks.call("post_request", self.worker, req, environ, resp)
+
+    def count(self, method: str, status: str, seconds: float) -> None:
+        """One request into the shared counters and statsd (--metrics-bind, --statsd-host)."""
+        code = int(status[:3]) if status[:3].isdigit() else NO_RESPONSE
+        if self.stats is not None:
+            self.stats.request_finished(method, code, seconds)
+        if self.statsd is not None:
+            self.statsd.request(code, seconds)
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """Run pre_request inside the app call, so its exception is that request's 500."""
@@ -210,7 +235,8 @@ class WorkerLoop:
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.hooks = _Hooks(worker, self.slot)
+        self.stats = worker.stats.writer(worker.slot) if worker.stats is not None else None
+        self.hooks = _Hooks(worker, self.slot, self.stats)
         self.name = cfg.proc_name or cfg.app
         self.title_requests = -1
         self.title_at = 0.0
@@ -221,7 +247,12 @@ class WorkerLoop:
         self.conns: dict[int, Connection] = {}
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
-        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
+        if self.stats is not None:
+            self.settings.on_refused = self.stats.rejected
+        self.request_id_key = environ_key(cfg.request_id_header) if cfg.request_id else None
+        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat,
+                                    cfg.log_format == "json", self.request_id_key)
+        self.dump_file: Any = None  # --log-format json: where faulthandler writes a dump
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
@@ -250,6 +281,8 @@ class WorkerLoop:
             app = loader.load_app(self.cfg.app)
         app = self.hooks.wrap(app)
         app = with_health_path(app, self.cfg.health_path, lambda: self.draining)
+        if self.cfg.request_id:  # outermost: hooks, app, response and access log share it
+            app = with_request_id(app, self.cfg.request_id_header, IdSource())
         for listener in self.worker.listeners:
             sock = listener.sock
             sock.setblocking(False)
@@ -280,17 +313,37 @@ class WorkerLoop:
         SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
         """
         signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
-        faulthandler.enable(file=_error_log_fd(), all_threads=True)
+        faulthandler.enable(file=self._dump_fd(), all_threads=True)
+
+    def _dump_fd(self) -> int:
+        """Where faulthandler writes: the error log, or with JSON logs a file read back.
+
+        With --log-format json a dump of many lines would break the one-object-
+        per-line log, so it goes to an unlinked temporary file and `_on_abort`
+        logs it as one record with the stack in a field. The price: a dump on a
+        crash in C (SIGSEGV), when no Python code runs after it, is not logged.
+        """
+        if self.cfg.log_format != "json":
+            return _error_log_fd()
+        if self.dump_file is None:
+            import tempfile
+
+            self.dump_file = tempfile.TemporaryFile()
+        fd: int = self.dump_file.fileno()
+        return fd
 
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
         # A Python-level handler: it runs in the main thread between bytecodes,
         # after faulthandler's dump. That dump names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
-        try:
-            os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
-        except OSError:
-            pass
+        if self.dump_file is not None:
+            _write_dump_record(self.dump_file.fileno(), f"Thread names: {names}")
+        else:
+            try:
+                os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
+            except OSError:
+                pass
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()
@@ -347,6 +400,8 @@ class WorkerLoop:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
+                if self.stats is not None:
+                    self.count_connections()
                 # Loads change as the others' clients come and go. While aside,
                 # the recheck above already looks every BALANCE_RECHECK_S.
                 if not self.aside:
@@ -365,6 +420,18 @@ class WorkerLoop:
         for conn in list(self.conns.values()):
             conn.close()
         return WorkerExit.OK
+
+    def count_connections(self) -> None:
+        """--metrics-bind: publish how many connections idle and how many are arriving."""
+        idle = reading = 0
+        for conn in self.conns.values():
+            if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf
+                                            and conn.requests):
+                idle += 1
+            elif conn.state in (State.HEAD, State.BODY, State.READY):
+                reading += 1  # (CLOSING: answered with an error, lingering to close)
+        assert self.stats is not None
+        self.stats.connections(idle, reading)
 
     def update_title(self, now: float) -> None:
         """Show the request count in the process title, at most once per TITLE_INTERVAL."""
@@ -501,9 +568,9 @@ class WorkerLoop:
                 self.worker.hooks.call("worker_int", self.worker)
                 self.alive = False
             elif sig == signal.SIGUSR1:
-                setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
+                setup_error_log(self.cfg.error_logfile, self.cfg.log_level, self.cfg.log_format)
                 self.access_log.reopen()
-                faulthandler.enable(file=_error_log_fd(), all_threads=True)
+                faulthandler.enable(file=self._dump_fd(), all_threads=True)
 
     def start_draining(self) -> None:
         """Graceful stop: serve what was already accepted, close idle connections, exit."""
@@ -544,3 +611,25 @@ def _error_log_fd() -> int:
             except (AttributeError, OSError, ValueError):
                 continue
     return sys.stderr.fileno()
+
+
+def _write_dump_record(dump_fd: int, names: str) -> None:
+    """--log-format json: faulthandler's dump and the thread names as one error-log record.
+
+    Runs in the SIGABRT handler: the record is formatted here and written with
+    one os.write, never through a logging handler, whose lock the interrupted
+    code may hold.
+    """
+    try:
+        size = os.fstat(dump_fd).st_size
+        dump = os.pread(dump_fd, size, 0).decode("utf-8", "replace")
+    except OSError:
+        dump = ""
+    record = logging.LogRecord(log.name, logging.CRITICAL, __file__, 0,
+                               "Worker %d: the stacks of its threads", (os.getpid(),), None)
+    record.stack = f"{dump.rstrip()}\n{names}"
+    line = JsonFormatter().format(record) + "\n"
+    try:
+        os.write(_error_log_fd(), line.encode("utf-8", "replace"))
+    except OSError:
+        pass
