@@ -31,7 +31,6 @@ try:
         HistogramMetricFamily,
         Metric,
     )
-    from prometheus_client.registry import Collector
 except ImportError:  # pragma: no cover - reported by require_prometheus_client
     prometheus_client_missing = True
 else:
@@ -97,8 +96,11 @@ def listen_queues(listeners: list[Listener]) -> list[tuple[str, int, int]]:
     return out
 
 
-class ForkserveCollector(Collector):
-    """Turns the master's snapshot into metric families (the names are an interface)."""
+class ForkserveCollector:
+    """Turns the master's snapshot into metric families (the names are an interface).
+
+    A prometheus_client collector: the registry needs only `collect()`.
+    """
 
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self.snapshot = snapshot
