@@ -200,7 +200,8 @@ def _sample(name: str) -> str:
     if isinstance(value, list):
         return ",".join(value) if value else "x"
     special = {"umask": "022", "user": "root", "group": "root", "health_path": "/h",
-               "root_path": "/r", "app": "m:app"}
+               "root_path": "/r", "app": "m:app", "statsd_host": "localhost:8125",
+               "metrics_bind": "127.0.0.1:9100"}
     if name in special:
         return special[name]
     return "1" if value is None else str(value) if value != "" else "x"
