@@ -2,16 +2,20 @@
 
     git worktree add /tmp/fs-old <commit>
     python -m benchmarks.ab /tmp/fs-old [--app hello|flask] [--close] [--pairs 4]
+    python -m benchmarks.ab . --this-args "--metrics-bind 127.0.0.1:0"
 
 Each pair starts the other tree's server, loads it with wrk, stops it, then
 does the same for this tree, so drift of a shared machine hits both alike.
 Prints requests/s per pair and the median ratio (this tree / other tree).
-Both trees are byte-compiled first (`run.byte_compile`).
+Both trees are byte-compiled first (`run.byte_compile`). `--this-args` and
+`--other-args` add flags to either side's command line: with the same tree
+on both sides, that measures what a setting costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -23,9 +27,11 @@ from benchmarks import servers, wrk
 from benchmarks.run import APPS, WORK_DIR, byte_compile
 
 
-def requests_per_second(tree: Path, app: str, close: bool, duration_s: int) -> float:
+def requests_per_second(tree: Path, app: str, close: bool, duration_s: int,
+                        extra_args: list[str]) -> float:
     """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid."""
-    running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree)
+    running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree,
+                            extra_args=extra_args)
     try:
         numbers = wrk.run_wrk(running.port, wrk.WrkRequest(close=close), connections=50,
                               duration_s=duration_s, threads=1, script_dir=WORK_DIR)
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close", action="store_true", help="Connection: close requests")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--this-args", default="", help="extra flags for this tree's server")
+    parser.add_argument("--other-args", default="", help="extra flags for the other server")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "forkserve" / "__init__.py").exists():
@@ -50,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     ratios = []
     for _ in range(args.pairs):
-        theirs = requests_per_second(other, APPS[args.app], args.close, args.duration)
-        ours = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close, args.duration)
+        theirs = requests_per_second(other, APPS[args.app], args.close, args.duration,
+                                     shlex.split(args.other_args))
+        ours = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close, args.duration,
+                                   shlex.split(args.this_args))
         ratios.append(ours / theirs)
         print(f"other {theirs:9,.0f}  this {ours:9,.0f}  ratio {ours / theirs:.3f}", flush=True)
     print(f"median ratio (this / other): {statistics.median(ratios):.3f}")
