@@ -181,6 +181,9 @@ class MetricsServer:
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         listener.sock.setblocking(False)
+        # Not passed to a USR2 master's exec: a listening copy nobody accepts on
+        # would take its share of the port's connections (SO_REUSEPORT) and hang them.
+        listener.sock.set_inheritable(False)
         self.registry = CollectorRegistry(auto_describe=False)
         self.scrapes: dict[int, _Scrape] = {}
 

@@ -180,6 +180,43 @@ def test_killed_worker_counts_as_crash_and_no_counter_goes_down(marks: Path) -> 
                             "max_lifetime": 0, "reload": 0}
 
 
+def restarts_of(url: str) -> dict[str, float]:
+    return by_label(scrape(url), "forkserve_worker_restarts_total", "reason")
+
+
+ZERO_RESTARTS = dict.fromkeys(
+    ("crash", "timeout", "max_requests", "max_memory", "max_lifetime", "reload"), 0.0)
+
+
+@pytest.mark.parametrize("args, action, want", [
+    (("--workers", "1", "--max-requests", "3"), "requests", {"max_requests": 1}),
+    (("--workers", "2"), "hup", {"reload": 2}),
+    (("--workers", "1", "--timeout", "1"), "stuck", {"timeout": 1}),
+])
+def test_restart_reasons_come_from_the_master(marks: Path, args: tuple[str, ...], action: str,
+                                              want: dict[str, int]) -> None:
+    with Server("observe_apps:app", "--metrics-bind", "127.0.0.1:0", *args,
+                env={"OBSERVE_MARKS": str(marks)}) as server:
+        url = metrics_url(server)
+        wait_until(lambda: by_label(scrape(url), "forkserve_workers", "state")["ready"]
+                   == int(args[1]), what="workers ready")
+        if action == "requests":
+            for _ in range(4):  # new connections: the worker's count passes 3
+                assert requests.get(server.url, timeout=5).status_code == 200
+        elif action == "hup":
+            server.send_signal(signal.SIGHUP)
+            server.wait_for_log(r"Reload complete")
+        else:
+            try:
+                requests.get(f"{server.url}/slow?5", timeout=4)
+            except requests.RequestException:
+                pass
+        expected = {**ZERO_RESTARTS, **want}
+        wait_until(lambda: restarts_of(url) == expected, what=f"restarts {expected}")
+        time.sleep(0.6)  # a master loop turn later: nothing else counted
+        assert restarts_of(url) == expected
+
+
 def test_endpoint_answers_while_every_worker_is_stuck(marks: Path) -> None:
     with metrics_server(marks, "--timeout", "60") as server:
         url = metrics_url(server)
