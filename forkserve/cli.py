@@ -97,6 +97,10 @@ def check(cfg: Config) -> None:
     from forkserve.process import resolve_identity
 
     resolve_identity(cfg.user, cfg.group)
+    if cfg.metrics_bind:
+        from forkserve.metrics import require_prometheus_client
+
+        require_prometheus_client()
     prepare_path(cfg.chdir, cfg.pythonpath)
     load_app(cfg.app)
 

@@ -47,6 +47,9 @@ WORKER_STATES = ("booting", "ready", "draining")
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape connection may take to send its request and read
 MAX_REQUEST = 16384  # bytes of request head a scrape may send
 BACKLOG = 64
+# Scrapes served at once; more wait in the backlog. Keeps the master's fds few
+# (it waits in select(), limited to fd numbers below 1024) under a flood.
+MAX_SCRAPES = 16
 # struct tcp_info (linux/tcp.h): eight u8 fields, then u32 rto, ato, snd_mss,
 # rcv_mss, unacked, sacked. On a listening socket the kernel reports the
 # current accept queue in tcpi_unacked and the backlog in tcpi_sacked.
@@ -209,8 +212,10 @@ class MetricsServer:
             MultiProcessCollector(self.registry, path=app_metrics_dir)  # type: ignore[no-untyped-call]
 
     def read_fds(self) -> list[int]:
-        return [self.listener.sock.fileno()] + [
-            fd for fd, s in self.scrapes.items() if not s.answered]
+        fds = [fd for fd, s in self.scrapes.items() if not s.answered]
+        if len(self.scrapes) < MAX_SCRAPES:
+            fds.append(self.listener.sock.fileno())
+        return fds
 
     def write_fds(self) -> list[int]:
         return [fd for fd, s in self.scrapes.items() if s.answered]
@@ -232,7 +237,7 @@ class MetricsServer:
                 self._close(fd)
 
     def _accept(self, now: float) -> None:
-        for _ in range(16):
+        while len(self.scrapes) < MAX_SCRAPES:
             try:
                 sock, _addr = self.listener.sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -267,6 +267,25 @@ def test_metrics_endpoint_refuses_other_paths_and_methods(marks: Path) -> None:
         assert requests.get(url, timeout=5).status_code == 200  # still serving
 
 
+def test_a_flood_of_idle_scrapers_does_not_hurt_the_master(marks: Path) -> None:
+    with metrics_server(marks) as server:
+        url = metrics_url(server)
+        host, port = url[len("http://"):].split("/")[0].split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(60)]
+        try:
+            for sock in idle[:5]:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            with requests.Session() as session:  # the app is served all the while
+                for _ in range(5):
+                    assert session.get(server.url, timeout=5).status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_until(lambda: requests_by_code(scrape(url, timeout=2.0)).get("200") == 5,
+                   what="scrapes answered again")
+        assert server.proc is not None and server.proc.poll() is None
+
+
 def test_missing_prometheus_client_is_one_clear_line(tmp_path: Path) -> None:
     shadow = tmp_path / "prometheus_client"
     shadow.mkdir()
