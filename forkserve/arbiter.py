@@ -242,6 +242,9 @@ class Arbiter:
         for worker in self.workers.values():
             if self.stats is not None:
                 self.stats.read(worker.slot, totals)
+            if worker.state is not WorkerState.BOOTING:
+                # The heartbeat slot says whether the worker is inside a request.
+                totals.in_progress += bool(self.heartbeats.read(worker.slot).request_started)
             if worker.state is not WorkerState.KILLED:
                 states[worker.state.value] += 1
         return Snapshot(totals, states, self.restarts, listen_queues(self.listeners),

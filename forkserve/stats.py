@@ -30,8 +30,9 @@ _OTHER_INDEX = len(METHODS)
 APP_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the app's prometheus_client files (metrics.py)
 NO_RESPONSE = 0  # the code counted when the client left before any status was sent
 
-# One slot is SLOT_WORDS signed 64-bit words:
-IN_PROGRESS = 0  # 1 while the worker runs a request
+# One slot is SLOT_WORDS signed 64-bit words (requests in progress are not
+# counted here: the heartbeat slot already says whether a request runs):
+RESERVED = 0
 CONN_IDLE = 1  # connections parked between keep-alive requests (at the last tick)
 CONN_READING = 2  # connections whose request is still arriving (at the last tick)
 DURATION_NS = 3  # sum of request durations, nanoseconds
@@ -46,6 +47,7 @@ WORD = 8
 # it is labelled method="other", code="other" (an app would need 95 distinct
 # method/status pairs in one worker's life to get there).
 OVERFLOW_KEY = -1
+SEEN_LIMIT = 256
 
 
 def request_key(method: str, code: int) -> int:
@@ -103,9 +105,8 @@ class StatsTable:
         self.words[base : base + SLOT_WORDS] = memoryview(bytes(SLOT_WORDS * WORD)).cast("q")
 
     def read(self, index: int, into: Totals) -> None:
-        """Add slot `index` (counters and gauges) to `into`."""
+        """Add slot `index` (counters and connection gauges) to `into`."""
         w = self.words[index * SLOT_WORDS : (index + 1) * SLOT_WORDS].tolist()
-        into.in_progress += w[IN_PROGRESS]
         into.idle += w[CONN_IDLE]
         into.reading += w[CONN_READING]
         into.duration_ns += w[DURATION_NS]
@@ -131,29 +132,41 @@ class StatsWriter:
     system call (measured in docs/benchmarks.md).
     """
 
-    __slots__ = ("words", "base", "keys", "next_pair", "rejected_keys", "next_rejected")
+    __slots__ = ("words", "base", "bucket0", "duration", "keys", "seen", "next_pair",
+                 "rejected_keys", "next_rejected")
 
     def __init__(self, words: memoryview, index: int) -> None:
         self.words = words
         self.base = index * SLOT_WORDS
+        self.bucket0 = self.base + BUCKET0
+        self.duration = self.base + DURATION_NS
         self.keys: dict[int, int] = {}  # request key -> word index of its count
+        # (method, status line) as the app gave them -> word index of its count:
+        # one dict lookup a request instead of parsing the status each time.
+        self.seen: dict[tuple[str, str], int] = {}
         self.next_pair = self.base + REQUEST_PAIRS
         self.rejected_keys: dict[int, int] = {}
         self.next_rejected = self.base + REJECTED_PAIRS
 
-    def request_started(self) -> None:
-        self.words[self.base + IN_PROGRESS] = 1
+    def request_finished(self, method: str, status: str, seconds: float) -> None:
+        """One answered request: `status` is the status line sent ("" if none was)."""
+        words = self.words
+        index = self.seen.get((method, status))
+        if index is None:
+            index = self._index_of(method, status)
+        words[index] += 1
+        words[self.bucket0 + bisect_left(BUCKETS, seconds)] += 1
+        words[self.duration] += int(seconds * 1e9)
 
-    def request_finished(self, method: str, code: int, seconds: float) -> None:
-        words, base = self.words, self.base
-        words[base + IN_PROGRESS] = 0
-        key = (_METHOD_INDEX.get(method, _OTHER_INDEX) + 1) * 1000 + code
+    def _index_of(self, method: str, status: str) -> int:
+        code = int(status[:3]) if status[:3].isdigit() else NO_RESPONSE
+        key = request_key(method, code)
         index = self.keys.get(key)
         if index is None:
             index = self._claim_request_pair(key)
-        words[index] += 1
-        words[base + BUCKET0 + bisect_left(BUCKETS, seconds)] += 1
-        words[base + DURATION_NS] += int(seconds * 1e9)
+        if len(self.seen) < SEEN_LIMIT:  # reason phrases are the app's: bound the cache
+            self.seen[(method, status)] = index
+        return index
 
     def _claim_request_pair(self, key: int) -> int:
         last = self.base + REQUEST_PAIRS + 2 * (REQUEST_PAIR_COUNT - 1)

@@ -184,25 +184,20 @@ class _Hooks(RequestHooks):
         self.slot.request_started(now, text)
         self.req = None
         self.started_at = now
-        if self.stats is not None:
-            self.stats.request_started()
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         self.slot.request_finished(now)
-        if self.stats is not None or self.statsd is not None:
-            self.count(environ["REQUEST_METHOD"], writer.status, now - self.started_at)
+        if self.stats is not None:
+            self.stats.request_finished(environ["REQUEST_METHOD"], writer.status,
+                                        now - self.started_at)
+        if self.statsd is not None:
+            status = writer.status[:3]
+            self.statsd.request(int(status) if status.isdigit() else NO_RESPONSE,
+                                now - self.started_at)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
             self.hooks.call("post_request", self.worker, req, environ, resp)
-
-    def count(self, method: str, status: str, seconds: float) -> None:
-        """One request into the shared counters and statsd (--metrics-bind, --statsd-host)."""
-        code = int(status[:3]) if status[:3].isdigit() else NO_RESPONSE
-        if self.stats is not None:
-            self.stats.request_finished(method, code, seconds)
-        if self.statsd is not None:
-            self.statsd.request(code, seconds)
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """Run pre_request inside the app call, so its exception is that request's 500."""

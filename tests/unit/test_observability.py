@@ -46,38 +46,37 @@ def test_workers_count_into_their_own_slots_and_the_sum_is_exact() -> None:
     table = StatsTable(4)
     one, two = table.writer(1), table.writer(2)
     for _ in range(3):
-        one.request_started()
-        one.request_finished("GET", 200, 0.0005)
-    two.request_finished("GET", 200, 0.001)  # on the bound: counted in le=0.001
-    two.request_finished("BREW", 418, 0.2)
-    two.request_started()
+        one.request_finished("GET", "200 OK", 0.0005)
+    two.request_finished("GET", "200 Fine", 0.001)  # on the bound: counted in le=0.001
+    two.request_finished("BREW", "418 I'm a teapot", 0.2)
+    two.request_finished("GET", "", 0.003)  # the client left before a status went out
     two.rejected(400)
     two.rejected(400)
     two.connections(idle=5, reading=2)
     totals = read(table, 0, 1, 2, 3)
     by_labels = {key_labels(k): v for k, v in totals.requests.items()}
-    assert by_labels == {("GET", "200"): 4, ("other", "418"): 1}
+    assert by_labels == {("GET", "200"): 4, ("other", "418"): 1, ("GET", "0"): 1}
     assert totals.rejected == {400: 2}
-    assert totals.in_progress == 1 and totals.idle == 5 and totals.reading == 2
+    assert totals.idle == 5 and totals.reading == 2
     assert totals.cumulative_buckets()[0] == 4  # le=0.001
-    assert totals.cumulative_buckets()[BUCKETS.index(0.25)] == 5
-    assert totals.cumulative_buckets()[-1] == 5
-    assert abs(totals.duration_ns / 1e9 - (3 * 0.0005 + 0.001 + 0.2)) < 1e-6
+    assert totals.cumulative_buckets()[BUCKETS.index(0.25)] == 6
+    assert totals.cumulative_buckets()[-1] == 6
+    assert abs(totals.duration_ns / 1e9 - (3 * 0.0005 + 0.001 + 0.2 + 0.003)) < 1e-6
 
 
 def test_folding_keeps_counters_and_drops_gauges_of_an_exited_worker() -> None:
     table = StatsTable(2)
     writer = table.writer(0)
-    writer.request_finished("POST", 201, 0.01)
-    writer.request_started()
+    writer.request_finished("POST", "201 Created", 0.01)
+    writer.connections(idle=3, reading=1)
     exited = Totals()
     gone = Totals()
     table.read(0, gone)
     exited.add(gone)
     table.reset(0)
     assert read(table, 0) == Totals()
-    assert exited.requests and exited.in_progress == 0
-    table.writer(0).request_finished("POST", 201, 0.01)  # the replacement, same slot
+    assert exited.requests and exited.idle == 0 and exited.reading == 0
+    table.writer(0).request_finished("POST", "201 Created", 0.01)  # the replacement
     live = read(table, 0)
     live.add(exited)
     assert {key_labels(k): v for k, v in live.requests.items()} == {("POST", "201"): 2}
@@ -87,7 +86,7 @@ def test_more_distinct_pairs_than_the_slot_holds_still_count() -> None:
     table = StatsTable(1)
     writer = table.writer(0)
     for code in range(200, 200 + REQUEST_PAIR_COUNT + 10):
-        writer.request_finished("GET", code, 0.001)
+        writer.request_finished("GET", f"{code} X", 0.001)
     totals = read(table, 0)
     assert sum(totals.requests.values()) == REQUEST_PAIR_COUNT + 10
     assert totals.requests.get(-1) == 11  # method="other", code="other"
