@@ -774,7 +774,8 @@ class Arbiter:
         if self.pidfile is not None:
             self.pidfile.remove(self.pid)
         if self.metrics is not None:
-            self.metrics.close()
+            # A new master (USR2) may serve a unix: metrics path now: leave the file.
+            self.metrics.close(unlink=not self.reexec_pid)
         log.info("Shutting down: Master")
         sys.stdout.flush()
 

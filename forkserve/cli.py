@@ -107,7 +107,7 @@ def check(cfg: Config) -> None:
 
 def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     # Imported here so `--help`, `--version` and `--print-config` stay fast.
-    from forkserve.arbiter import Arbiter
+    from forkserve.arbiter import OLD_MASTER_ENV, Arbiter
     from forkserve.loader import prepare_path
     from forkserve.log import log, setup_error_log
     from forkserve.notify import Notifier
@@ -140,7 +140,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
         listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
-    metrics, statsd = _observability(cfg)
+    metrics, statsd = _observability(cfg, upgrading=bool(os.environ.get(OLD_MASTER_ENV)))
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)
@@ -156,16 +156,26 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
                    metrics=metrics, statsd=statsd).run()
 
 
-def _observability(cfg: Config) -> tuple[Any, Any]:
+def _observability(cfg: Config, upgrading: bool) -> tuple[Any, Any]:
     """The metrics endpoint and the statsd socket: set up before privileges are dropped.
 
     Imported only when configured: prometheus_client is an optional extra.
+    `upgrading`: this is a new master started by USR2, whose old master may
+    still hold a unix: metrics path; serving matters more than metrics then.
     """
+    from forkserve.errors import BindError
+    from forkserve.log import log
+
     metrics = statsd = None
     if cfg.metrics_bind:
         from forkserve.metrics import MetricsServer
 
-        metrics = MetricsServer.bind(cfg.metrics_bind)
+        try:
+            metrics = MetricsServer.bind(cfg.metrics_bind)
+        except BindError as exc:
+            if not upgrading:
+                raise
+            log.warning("No metrics endpoint until the next restart: %s", exc)
     if cfg.statsd_host:
         from forkserve.statsd import Statsd
 

@@ -322,10 +322,10 @@ class MetricsServer:
         self.scrapes.clear()
         self.listener.sock.close()
 
-    def close(self) -> None:
+    def close(self, unlink: bool = True) -> None:
         for fd in list(self.scrapes):
             self._close(fd)
-        self.listener.close()
+        self.listener.close(unlink=unlink)
 
 
 class AppMetricsDir:

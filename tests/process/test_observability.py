@@ -497,3 +497,29 @@ def test_request_id_header_name_and_switching_it_off() -> None:
                                 timeout=5)
         assert "X-Request-ID" not in response.headers
         assert response.json() == {"HTTP_X_REQUEST_ID": "a b"}  # untouched
+
+
+def test_usr2_upgrade_keeps_the_metrics_port_answering(marks: Path) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with Server("observe_apps:app", "--workers", "1", "--metrics-bind", f"127.0.0.1:{port}",
+                env={"OBSERVE_MARKS": str(marks)}, wait_workers=1) as server:
+        assert metrics_url(server) == url
+        server.send_signal(signal.SIGUSR2)
+        text = server.wait_for_log(r"Metrics at: http://", count=2)
+        new_master = int(re.findall(r"Started a new master \(pid (\d+)\)", text)[0])
+        server.wait_for_log(r"Booted worker", count=2)
+        for _ in range(10):  # both masters hold the port: every scrape is answered
+            scrape(url, timeout=2.0)
+        server.send_signal(signal.SIGTERM)  # the old master goes (stop() would kill the group)
+        assert server.wait_exit(15) == 0
+        for _ in range(10):
+            samples = scrape(url, timeout=2.0)
+        assert by_label(samples, "forkserve_workers", "state")["ready"] == 1
+        os.kill(new_master, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{new_master}").exists()
+                   or "Z" in Path(f"/proc/{new_master}/stat").read_text().split()[2],
+                   what="the new master gone")
