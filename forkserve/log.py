@@ -89,7 +89,6 @@ class AccessLog:
                  request_id_key: str | None = None) -> None:
         self.path = path
         self.fmt = fmt
-        self.json_lines = json_lines
         self.request_id_key = request_id_key  # environ key of the request id; None = off
         self.dumps: Callable[[Any], str] | None = None
         if json_lines:
