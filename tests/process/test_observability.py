@@ -523,3 +523,29 @@ def test_usr2_upgrade_keeps_the_metrics_port_answering(marks: Path) -> None:
         wait_until(lambda: not Path(f"/proc/{new_master}").exists()
                    or "Z" in Path(f"/proc/{new_master}/stat").read_text().split()[2],
                    what="the new master gone")
+
+
+def scrape_unix(path: Path) -> Samples:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_metrics_on_a_unix_socket(marks: Path, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.sock"
+    with Server("observe_apps:app", "--workers", "1", "--metrics-bind", f"unix:{path}",
+                env={"OBSERVE_MARKS": str(marks)}, wait_workers=1) as server:
+        server.wait_for_log(rf"Metrics at: unix:{re.escape(str(path))}")
+        assert requests.get(server.url, timeout=5).status_code == 200
+        wait_until(lambda: requests_by_code(scrape_unix(path)) == {"200": 1},
+                   what="the request counted, over the unix socket")
+        assert server.stop() == 0
+    assert not path.exists()  # removed on the way out
