@@ -88,10 +88,10 @@ def marks(tmp_path: Path) -> Path:
     return path
 
 
-def metrics_server(marks: Path, *args: str, **kwargs: object) -> Server:
-    env = {"OBSERVE_MARKS": str(marks), **kwargs.pop("env", {})}  # type: ignore[dict-item]
+def metrics_server(marks: Path, *args: str) -> Server:
+    """2 workers of observe_apps:app with metrics on a free port (see metrics_url)."""
     return Server("observe_apps:app", "--workers", "2", "--metrics-bind", "127.0.0.1:0",
-                  *args, env=env, wait_workers=2, **kwargs)  # type: ignore[arg-type]
+                  *args, env={"OBSERVE_MARKS": str(marks)}, wait_workers=2)
 
 
 def slow_request(address: tuple[str, int], seconds: float) -> threading.Thread:
@@ -363,8 +363,7 @@ def receive_lines(sock: socket.socket, until: Callable[[list[str]], bool],
     return lines
 
 
-def test_statsd_gets_gunicorns_names_under_the_prefix(marks: Path,
-                                                      statsd_socket: socket.socket) -> None:
+def test_statsd_gets_gunicorns_names_under_the_prefix(statsd_socket: socket.socket) -> None:
     port = statsd_socket.getsockname()[1]
     with serve("observe_apps:app", "--workers", "2", "--statsd-host", f"127.0.0.1:{port}",
                "--statsd-prefix", "shop.web", wait_workers=2) as server:
@@ -388,7 +387,7 @@ def test_statsd_gets_gunicorns_names_under_the_prefix(marks: Path,
     assert "shop.web.gunicorn.workers:2|g" in lines
 
 
-def test_statsd_without_a_listener_never_breaks_requests(marks: Path) -> None:
+def test_statsd_without_a_listener_never_breaks_requests() -> None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
