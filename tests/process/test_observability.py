@@ -256,6 +256,30 @@ def test_endpoint_answers_while_every_worker_is_stuck(marks: Path) -> None:
             thread.join(15)
 
 
+def test_connections_by_state(marks: Path) -> None:
+    with Server("observe_apps:app", "--workers", "1", "--metrics-bind", "127.0.0.1:0",
+                "--keep-alive", "30", env={"OBSERVE_MARKS": str(marks)},
+                wait_workers=1) as server:
+        url = metrics_url(server)
+        socks = [socket.create_connection(server.address, timeout=5) for _ in range(4)]
+        try:
+            for sock in socks[:3]:  # answered, then parked between keep-alive requests
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            socks[3].sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # a head still arriving
+
+            def counted() -> bool:
+                states = by_label(scrape(url), "forkserve_connections", "state")
+                return states == {"idle": 3, "reading": 1, "active": 0}
+
+            wait_until(counted, what="3 idle and 1 reading connection")
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: by_label(scrape(url), "forkserve_connections", "state")
+                   == {"idle": 0, "reading": 0, "active": 0}, what="all gone")
+
+
 def test_metrics_endpoint_refuses_other_paths_and_methods(marks: Path) -> None:
     with metrics_server(marks) as server:
         url = metrics_url(server)
