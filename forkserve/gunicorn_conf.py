@@ -144,7 +144,7 @@ GUNICORN_SETTINGS: dict[str, Equivalent] = {
     "timeout": _s("timeout"),
     "graceful_timeout": _s("graceful_timeout"),
     "keepalive": _s("keepalive", "gunicorn's sync worker closes every connection; forkserve "
-                    "keeps it open this long, parked"),
+                    "keeps an idle one open this long, parked"),
     "limit_request_line": _s("limit_request_line", convert=_limit),
     "limit_request_fields": _s("limit_request_fields"),
     "limit_request_field_size": _s("limit_request_field_size", convert=_limit),
@@ -326,50 +326,55 @@ def _comment(text: str) -> str:
     return "# " + text
 
 
+def _explained(head: str, why: str) -> list[str]:
+    """`# head` and the reason below it, wrapped to fit a terminal."""
+    return [_comment(head), *(_comment("  " + line) for line in _wrap(why))]
+
+
 def convert(found: GunicornFile) -> str:
     """The forkserve.toml for what a gunicorn config file set. Pure."""
     mapped: dict[str, tuple[Any, str]] = {}  # forkserve name -> (raw value, note)
     comments: list[str] = []
     for name, value in found.settings.items():
         eq = GUNICORN_SETTINGS[name]
-        shown = _py(value)
+        head = f"{name} = {_py(value)}"
         if eq.kind is Kind.SETTING and value is None:
-            comments.append(_comment(f"{name} = None: not set; forkserve's default applies"))
+            comments += _explained(head, "not set; forkserve's default applies")
             continue
         try:
             raw = eq.convert(value)
         except Unconvertible as why:
-            comments.append(_comment(f"{name} = {shown}: {why}"))
+            comments += _explained(head, str(why))
             continue
         except (TypeError, ValueError) as exc:
-            comments.append(_comment(f"{name} = {shown}: not converted ({exc})"))
+            comments += _explained(head, f"not converted: {exc}")
             continue
         if eq.kind is Kind.SETTING:
             try:
                 load({}, {}, file={eq.forkserve: (raw, found.path)})
             except ConfigError as exc:
-                comments.append(_comment(f"{name} = {shown}: not converted: {exc}"))
+                comments += _explained(head, f"not converted: {exc}")
                 continue
             mapped[eq.forkserve] = (raw, eq.why)
         elif eq.kind is Kind.COMMAND:
-            comments.append(_comment(f"{name} = {shown}: use forkserve's {eq.forkserve} "
-                                     "option on the command line"))
+            comments += _explained(head, f"use forkserve's {eq.forkserve} option on the "
+                                   "command line")
         else:
-            comments.append(_comment(f"{name} = {shown}: {eq.why}"))
+            comments += _explained(head, eq.why)
         if name == "raw_env" and eq.kind is Kind.NONE:
-            comments += [_comment(f"  {item}") for item in _as_list_raw(value)]
+            comments += [_comment(f"    {item}") for item in _as_list_raw(value)]
 
     lines = [
         _comment(f"forkserve.toml converted from {found.path} by `forkserve --from-gunicorn`."),
-        _comment(f"{found.path} is Python: it was executed to read it, so computed values are"),
-        _comment("what it computed on this machine."),
+        _comment(f"{found.path} is Python: it was executed to read it, so computed values"),
+        _comment("are what it computed on this machine."),
         "",
     ]
     if mapped:
         cfg, _ = load({}, {}, file={n: (raw, found.path) for n, (raw, _n) in mapped.items()})
         for fs_name, (_raw, note) in mapped.items():
             if note:
-                lines.append(_comment(f"{note}:"))
+                lines += [_comment(line) for line in _wrap(note + ":")]
             lines.append(f"{fs_name} = {show_value(fs_name, getattr(cfg, fs_name))}")
     if comments:
         if mapped:
@@ -382,6 +387,12 @@ def convert(found: GunicornFile) -> str:
         lines.append(_comment(f"{found.path} sets no gunicorn setting: forkserve's defaults "
                               "apply."))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _wrap(text: str) -> list[str]:
+    import textwrap  # --from-gunicorn only
+
+    return textwrap.wrap(text, 76)
 
 
 def _as_list_raw(value: Any) -> list[str]:

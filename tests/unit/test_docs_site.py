@@ -1,0 +1,113 @@
+"""The guide and the docs site: code in the guide is the code in examples/, the site builds.
+
+tests/process/test_examples.py serves each example and checks the guide shows
+what the server sends; this file checks the text itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forkserve.gunicorn_conf import convert, read_gunicorn_file, render_table
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DOCS = REPO / "docs"
+GUIDE = DOCS / "guide"
+EXAMPLES = REPO / "examples"
+# ```python title="examples/hello.py" ... ``` : a block that shows (part of) a file.
+TITLED_BLOCK = re.compile(r'^```\w* title="([^"]+)"\n(.*?)^```$', re.M | re.S)
+
+
+def pages() -> list[Path]:
+    return sorted(p for p in DOCS.rglob("*.md") if "_hooks" not in p.parts)
+
+
+def titled_blocks(page: Path) -> list[tuple[str, str]]:
+    return TITLED_BLOCK.findall(page.read_text(encoding="utf-8"))
+
+
+def test_code_shown_from_examples_is_the_code_in_examples() -> None:
+    shown = 0
+    for page in pages():
+        for title, code in titled_blocks(page):
+            if not title.startswith("examples/"):
+                continue
+            source = (REPO / title).read_text(encoding="utf-8")
+            assert code in source, f"{page.name} shows code that is not in {title}:\n{code}"
+            shown += 1
+    assert shown >= 12  # every chapter that shows an example shows it from the file
+
+
+def test_every_example_is_referenced_from_the_guide() -> None:
+    guide = "".join(p.read_text(encoding="utf-8") for p in GUIDE.glob("*.md"))
+    for entry in EXAMPLES.iterdir():
+        if entry.name.startswith((".", "__")):
+            continue
+        assert f"examples/{entry.name}" in guide, entry.name
+
+
+def test_migration_table_is_rendered_from_the_converters_table() -> None:
+    text = (GUIDE / "07-migrating.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- gunicorn-settings-table:[^>]*-->\n(.*?)<!-- end gunicorn-settings"
+                      r"-table -->", text, re.S)
+    assert table is not None
+    assert table.group(1) == render_table(), "run: python -c 'from forkserve.gunicorn_conf " \
+        "import render_table; print(render_table())' and paste it into 07-migrating.md"
+
+
+def test_migration_example_is_what_from_gunicorn_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = dict(titled_blocks(GUIDE / "07-migrating.md"))
+    (tmp_path / "gunicorn.conf.py").write_text(blocks["gunicorn.conf.py"])
+    monkeypatch.chdir(tmp_path)
+    printed = convert(read_gunicorn_file("gunicorn.conf.py"))
+    # The guide was written on a 2-CPU machine; the file computes 2 * CPUs + 1.
+    shown = blocks["forkserve.toml"].replace("workers = 5\n", "workers = {workers}\n")
+    assert "{workers}" in shown
+    workers = re.search(r"^workers = (\d+)$", printed, re.M)
+    assert workers is not None
+    assert printed == shown.replace("{workers}", workers.group(1))
+
+
+def test_navigation_covers_every_page_once() -> None:
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))
+
+    def entries(nav: object) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, list):
+            return [e for item in nav for e in entries(item)]
+        if isinstance(nav, dict):
+            return [e for value in nav.values() for e in entries(value)]
+        return []
+
+    listed = entries(config["nav"])
+    assert sorted(listed) == sorted(str(p.relative_to(DOCS)) for p in pages())
+    assert len(listed) == len(set(listed))
+
+
+def test_readme_sends_readers_to_the_guide() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "](docs/guide/index.md)" in readme
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed")
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """No broken links or anchors, no page outside the navigation (mkdocs.yml validation)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "guide" / "01-what-is-wsgi" / "index.html").is_file()
+    assert (tmp_path / "site" / "_repo" / "contrib" / "nginx" / "forkserve.conf").is_file()
