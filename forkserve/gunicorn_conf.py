@@ -362,7 +362,7 @@ def convert(found: GunicornFile) -> str:
         else:
             comments += _explained(head, eq.why)
         if name == "raw_env" and eq.kind is Kind.NONE:
-            comments += [_comment(f"    {item}") for item in _as_list_raw(value)]
+            comments += [_comment(f"    {item}") for item in _one_or_list(value)]
 
     lines = [
         _comment(f"forkserve.toml converted from {found.path} by `forkserve --from-gunicorn`."),
@@ -393,10 +393,6 @@ def _wrap(text: str) -> list[str]:
     import textwrap  # --from-gunicorn only
 
     return textwrap.wrap(text, 76)
-
-
-def _as_list_raw(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else [str(item) for item in value]
 
 
 def _py(value: Any) -> str:
