@@ -32,8 +32,8 @@ from forkserve.config import (
 )
 from forkserve.errors import ConfigError, ForkserveError
 
-# What gunicorn reads without --config; gunicorn_conf.py (imported only for
-# --from-gunicorn, so every start does not pay for it) checks it is the same.
+# What gunicorn reads without --config: gunicorn_conf.DEFAULT_FILE, spelled
+# here too so that every start does not import gunicorn_conf (a test checks).
 DEFAULT_GUNICORN_FILE = "gunicorn.conf.py"
 
 # Options about the configuration, not settings of the server.

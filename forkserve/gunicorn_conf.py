@@ -23,11 +23,10 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any
 
-from forkserve.cli import DEFAULT_GUNICORN_FILE
 from forkserve.config import load, show_value
 from forkserve.errors import ConfigError
 
-DEFAULT_FILE = DEFAULT_GUNICORN_FILE  # what gunicorn reads when no --config is given
+DEFAULT_FILE = "gunicorn.conf.py"  # what gunicorn reads when no --config is given
 
 
 class Kind(enum.Enum):
