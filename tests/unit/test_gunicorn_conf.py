@@ -172,3 +172,57 @@ def test_every_gunicorn_setting_is_accounted_for() -> None:
 
 def test_default_file_is_gunicorns() -> None:
     assert DEFAULT_FILE == cli.DEFAULT_GUNICORN_FILE == "gunicorn.conf.py"
+
+
+def test_tls_identity_paths_and_proxies_are_mapped(tmp_path: Path) -> None:
+    import os
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name  # user and group must exist to be loaded
+    source = f'''\
+bind = "127.0.0.1:8443"
+certfile = "/etc/ssl/site.pem"
+keyfile = "/etc/ssl/site.key"
+ca_certs = "/etc/ssl/clients.pem"
+cert_reqs = 2
+ciphers = "ECDHE+AESGCM"
+user = {user!r}
+group = {os.getgid()}
+umask = 0
+pythonpath = "/srv/app,/srv/lib"
+chdir = "/srv/app"
+proxy_protocol = "v2"
+proxy_allow_ips = "10.0.0.1"
+reload_extra_files = ["templates/a.html"]
+wsgi_app = "mysite.wsgi:application"
+proc_name = "mysite"
+pidfile = "/run/mysite.pid"
+daemon = False
+reuse_port = True
+backlog = 512
+limit_request_field_size = 4096
+'''
+    text = convert(read_gunicorn_file(write(tmp_path, source)))
+    assert loaded(tmp_path, text) == {
+        "bind": ["127.0.0.1:8443"],
+        "certfile": "/etc/ssl/site.pem",
+        "keyfile": "/etc/ssl/site.key",
+        "ca_certs": "/etc/ssl/clients.pem",
+        "cert_reqs": 2,
+        "ciphers": "ECDHE+AESGCM",
+        "user": user,
+        "group": str(os.getgid()),
+        "umask": 0,
+        "pythonpath": ["/srv/app", "/srv/lib"],
+        "chdir": "/srv/app",
+        "proxy_protocol": True,
+        "proxy_allow_ips": ["10.0.0.1"],
+        "reload_extra_files": ["templates/a.html"],
+        "app": "mysite.wsgi:application",
+        "proc_name": "mysite",
+        "pidfile": "/run/mysite.pid",
+        "daemon": False,
+        "reuse_port": True,
+        "backlog": 512,
+        "limit_request_field_size": 4096,
+    }
