@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from forkserve.config import file_layer, find_config_file, load
 from forkserve.gunicorn_conf import convert, read_gunicorn_file, render_table
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -76,6 +78,35 @@ def test_migration_example_is_what_from_gunicorn_prints(
     workers = re.search(r"^workers = (\d+)$", printed, re.M)
     assert workers is not None
     assert printed == shown.replace("{workers}", workers.group(1))
+
+
+def test_every_forkserve_toml_in_the_guide_loads(tmp_path: Path) -> None:
+    """A setting the guide shows in a config file is one forkserve has, with a valid value."""
+    blocks = [block for page in sorted(GUIDE.glob("*.md"))
+              for block in re.findall(r"^```toml[^\n]*\n(.*?)^```$",
+                                      page.read_text(encoding="utf-8"), re.M | re.S)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        (tmp_path / "forkserve.toml").write_text(block)
+        where = find_config_file(None, str(tmp_path))
+        assert where is not None
+        _, origin = load({}, {}, file_layer(where, str(tmp_path)))
+        assert any(src != "default" for src in origin.values()), block
+
+
+def test_every_forkserve_command_in_the_guide_uses_real_options() -> None:
+    from forkserve.cli import cli
+
+    known = {opt for param in cli.params for opt in param.opts if opt.startswith("-")}
+    commands = 0
+    for page in sorted(GUIDE.glob("*.md")):
+        text = page.read_text(encoding="utf-8").replace("\\\n", " ")
+        for line in re.findall(r"^(?:\$ )?forkserve (.*)$", text, re.M):
+            commands += 1
+            for word in shlex.split(line.split("#")[0].rstrip("& ")):
+                if word.startswith("-") and word != "-":  # "-" alone is stdout
+                    assert word.split("=")[0] in known, f"{page.name}: forkserve {line}"
+    assert commands >= 10
 
 
 def test_navigation_covers_every_page_once() -> None:
