@@ -101,7 +101,8 @@ def test_every_forkserve_command_in_the_guide_uses_real_options() -> None:
     commands = 0
     for page in sorted(GUIDE.glob("*.md")):
         text = page.read_text(encoding="utf-8").replace("\\\n", " ")
-        for line in re.findall(r"^(?:\$ )?forkserve (.*)$", text, re.M):
+        code = "".join(re.findall(r"^```(?:sh|text)\n(.*?)^```$", text, re.M | re.S))
+        for line in re.findall(r"^(?:\$ )?forkserve (.*)$", code, re.M):
             commands += 1
             for word in shlex.split(line.split("#")[0].rstrip("& ")):
                 if word.startswith("-") and word != "-":  # "-" alone is stdout
