@@ -5,8 +5,9 @@ it, so a bad value is reported the same way whether it came from a flag, the
 environment or the config file: one line naming the setting, the source and
 what was expected.
 
-Besides the settings, three options act on the configuration itself:
-`--config/-c FILE`, `--print-config` and `--check-config`.
+Besides the settings, four options act on the configuration itself:
+`--config/-c FILE`, `--print-config`, `--check-config` and
+`--from-gunicorn [FILE]` (in gunicorn_conf.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from forkserve.config import (
 )
 from forkserve.errors import ConfigError, ForkserveError
 
+# What gunicorn reads without --config: gunicorn_conf.DEFAULT_FILE, spelled
+# here too so that every start does not import gunicorn_conf (a test checks).
+DEFAULT_GUNICORN_FILE = "gunicorn.conf.py"
+
 # Options about the configuration, not settings of the server.
-META_OPTIONS = ("config", "print_config", "check_config")
+META_OPTIONS = ("config", "print_config", "check_config", "from_gunicorn")
 
 
 def _options() -> list[click.Parameter]:
@@ -57,6 +62,10 @@ def _options() -> list[click.Parameter]:
         click.Option(["--check-config", "check_config"], is_flag=True, default=None,
                      help="Load the settings and the app, report the first error or OK, and "
                      "exit without serving."),
+        click.Option(["--from-gunicorn", "from_gunicorn"], metavar="[FILE]", is_flag=False,
+                     flag_value=DEFAULT_GUNICORN_FILE, default=None,
+                     help="Execute a gunicorn config file (Python; default ./gunicorn.conf.py), "
+                     "print the equivalent forkserve.toml on stdout, and exit."),
     ]
     return params
 
@@ -159,6 +168,11 @@ def command(**values: Any) -> None:
     given = _given(values)
     launch_dir = os.getcwd()  # --chdir moves us; the config file is found from here
     try:
+        if given.get("from_gunicorn"):  # before resolve(): forkserve's own config may not exist
+            from forkserve.gunicorn_conf import from_gunicorn
+
+            click.echo(from_gunicorn(given["from_gunicorn"]), nl=False)
+            sys.exit(0)
         cfg, origin, file_label = resolve(given, os.environ, launch_dir)
         if given.get("print_config"):
             click.echo(f"# forkserve {__version__}: effective settings "

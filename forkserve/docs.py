@@ -58,7 +58,10 @@ with a "did you mean" suggestion; a wrong value names the setting, where it
 came from (file:line, variable or flag) and what was expected.
 `forkserve --print-config` shows the effective value of each setting and its
 source; `forkserve --check-config APP` loads the settings and the app and
-exits 0, or 2 (settings) / 3 (app) with the error, without serving.
+exits 0, or 2 (settings) / 3 (app) with the error, without serving;
+`forkserve --from-gunicorn [FILE]` prints the forkserve.toml equivalent to a
+gunicorn config file (default `./gunicorn.conf.py`; see the guide's
+[migration chapter](guide/07-migrating.md)).
 """
 
 
