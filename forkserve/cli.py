@@ -105,7 +105,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     # Imported here so `--help`, `--version` and `--print-config` stay fast.
     from forkserve.arbiter import Arbiter
     from forkserve.loader import prepare_path
-    from forkserve.log import log, setup_error_log
+    from forkserve.log import check_log_path, log, setup_error_log
     from forkserve.notify import Notifier
     from forkserve.process import daemonize, drop_privileges, resolve_identity
     from forkserve.sockets import (
@@ -117,6 +117,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     )
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
+    check_log_path(cfg.access_logfile, "--access-logfile")
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
     if cfg.certfile:
         from forkserve.tls import make_context
