@@ -39,7 +39,7 @@ from forkserve.notify import Notifier
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
-from forkserve.worker import Worker, WorkerState
+from forkserve.worker import BOOT_ERROR_LINE_BREAK, Worker, WorkerState
 
 if TYPE_CHECKING:
     from forkserve.reloader import Reloader
@@ -463,10 +463,10 @@ class Arbiter:
             text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
+        for line in text.split("\n"):
             pid, _, reason = line.partition(" ")
             if pid.isdigit():
-                self.boot_errors[int(pid)] = reason
+                self.boot_errors[int(pid)] = reason.replace(BOOT_ERROR_LINE_BREAK, "\n")
 
     # -- health -----------------------------------------------------------
     def check_workers(self, now: float) -> None:

@@ -93,18 +93,19 @@ def resolve(given: Mapping[str, Any], env: Mapping[str, str], cwd: str
 
 def check(cfg: Config) -> None:
     """What --check-config proves: the settings are whole and the app imports."""
-    from forkserve.loader import load_app, prepare_path
+    from forkserve.loader import check_spec, load_app, prepare_path
     from forkserve.process import resolve_identity
 
     resolve_identity(cfg.user, cfg.group)
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)
     load_app(cfg.app)
 
 
 def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     # Imported here so `--help`, `--version` and `--print-config` stay fast.
     from forkserve.arbiter import Arbiter
-    from forkserve.loader import prepare_path
+    from forkserve.loader import check_spec, prepare_path
     from forkserve.log import check_log_path, log, setup_error_log
     from forkserve.notify import Notifier
     from forkserve.process import daemonize, drop_privileges, resolve_identity
@@ -129,6 +130,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     if cfg.umask is not None:
         os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)  # a typo in APP: one line now, before binding or forking
     # Where the sockets come from, first match wins: the old master of a USR2
     # upgrade, systemd socket activation, or our own --bind.
     fds = inherited_fds(os.environ)
