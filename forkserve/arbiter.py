@@ -296,9 +296,9 @@ class Arbiter:
                          worker.retire_reason or "replaced by a new generation")
                 self.retire(worker)
         if self.state in (State.BOOTING, State.RELOADING):
-            log.info("%s: generation %d is serving with %d workers",
+            log.info("%s: generation %d is serving with %s",
                      "Ready" if self.state is State.BOOTING else "Reload complete",
-                     self.generation, len(current))
+                     self.generation, _workers(len(current)))
             self.state = State.RUNNING
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
@@ -551,8 +551,8 @@ class Arbiter:
         self.generation = self.last_generation
         self.spawn_not_before = 0.0
         self.set_title()
-        log.info("Reloading (%s): starting generation %d with %d workers%s", why,
-                 self.generation, self.num_workers,
+        log.info("Reloading (%s): starting generation %d with %s%s", why,
+                 self.generation, _workers(self.num_workers),
                  "; the preloaded app is not reloaded" if self.app is not None else "")
 
     def check_reloader(self, now: float) -> None:
@@ -724,3 +724,7 @@ def share_common_modules() -> None:
         import ssl  # noqa: F401
     except ImportError:  # a Python built without OpenSSL: nothing to share
         pass
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

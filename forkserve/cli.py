@@ -139,6 +139,8 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
         listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+    for listener in listeners:
+        listener.tls = bool(cfg.certfile)  # every listener speaks TLS when it is on
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)

@@ -166,6 +166,11 @@ def parse_bind(text: str) -> str:
     if value.startswith("fd://"):
         parse_int(0)(value[5:])
         return value
+    if value.isdigit():
+        # A bare port: a host named "8000" is never what was meant.
+        raise ValueError(f"expected HOST:PORT, got a port alone; did you mean "
+                         f"0.0.0.0:{value} (every interface) or 127.0.0.1:{value} (this "
+                         f"machine only)?")
     m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\](?::(\d+))?|([^:\[\]]*)(?::(\d+))?", value)
     if not m:
         raise ValueError(f"expected HOST:PORT, [IPv6]:PORT or unix:PATH, got {text!r}")
@@ -281,7 +286,8 @@ class Config:
         "-b",
         "--bind",
         help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. Repeat for several. "
-        "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set.",
+        "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set and no bind is given "
+        "elsewhere.",
         section="Sockets",
         parse=parse_bind,
         metavar="ADDRESS",
@@ -300,7 +306,7 @@ class Config:
         "-w",
         "--workers",
         help="Number of worker processes, or 'auto' for one per usable CPU. Default "
-        "$WEB_CONCURRENCY, else 1.",
+        "$WEB_CONCURRENCY (when no workers value is given elsewhere), else 1.",
         section="Workers",
         parse=parse_workers,
         metavar="INT",
@@ -894,9 +900,10 @@ ENV_CMD_ARGS = ENV_PREFIX + "CMD_ARGS"
 # fds and the old master's pid a USR2 re-exec hands to the new master
 # (sockets.REEXEC_FDS_ENV, arbiter.OLD_MASTER_ENV).
 ENV_NOT_SETTINGS = (ENV_CMD_ARGS, ENV_PREFIX + "FDS", ENV_PREFIX + "OLD_MASTER")
-# Conventions of containers and PaaS (Heroku, Cloud Run, ...): each ranks below
-# the explicit FORKSERVE_ variable for the same setting. forwarded_allow_ips is
-# gunicorn's name; it applies once that setting is declared.
+# Conventions of containers and PaaS (Heroku, Cloud Run, ...). Each is only a
+# default, as in gunicorn: a value from the config file, a FORKSERVE_ variable
+# or the command line wins. (A platform's PORT silently replacing the file's
+# `bind = ["127.0.0.1:8001"]` with 0.0.0.0 would open every interface.)
 ENV_CONVENTIONS = {
     "PORT": "bind",
     "WEB_CONCURRENCY": "workers",
@@ -905,11 +912,8 @@ ENV_CONVENTIONS = {
 }
 
 
-def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    """Raw settings from the environment: FORKSERVE_<SETTING> plus the container conventions.
-
-    FORKSERVE_CMD_ARGS is parsed by the command line (`cli.py`), not here.
-    """
+def convention_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Raw defaults from the container conventions (PORT, WEB_CONCURRENCY, ...)."""
     raw: dict[str, tuple[Any, str]] = {}
     for var, name in ENV_CONVENTIONS.items():
         if env.get(var) and name in SETTINGS:
@@ -917,6 +921,16 @@ def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             if var == "PORT":
                 value = [f"0.0.0.0:{env[var]}"]
             raw[name] = (value, f"env {var}")
+    return raw
+
+
+def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Raw settings from the environment's FORKSERVE_<SETTING> variables.
+
+    FORKSERVE_CMD_ARGS is parsed by the command line (`cli.py`), not here;
+    the container conventions are `convention_layer`.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
     known = {env_name(n): n for n in SETTINGS}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
@@ -936,7 +950,7 @@ def load(
     file: Mapping[str, tuple[Any, str]] | None = None,
     env_args: Mapping[str, Any] | None = None,
 ) -> tuple[Config, dict[str, str]]:
-    """Layer defaults < config file < environment < command line.
+    """Layer defaults < container conventions < config file < environment < command line.
 
     `file` is `file_layer()`'s result; `env_args` the settings given in
     FORKSERVE_CMD_ARGS (they rank above the other environment variables);
@@ -944,6 +958,9 @@ def load(
     not given). Returns the settings and, for each, where its value came from.
     """
     layers: list[tuple[str, Any, str]] = []
+    conventions = convention_layer(env)
+    for name, (value, source) in conventions.items():
+        layers.append((name, value, source))
     for name, (value, source) in (file or {}).items():
         layers.append((name, value, source))
     for name, (value, source) in env_layer(env).items():
@@ -959,6 +976,9 @@ def load(
     for name, value, source in layers:
         values[name] = _parse(name, value, source)
         origin[name] = source
+    for name, (_value, source) in conventions.items():
+        if origin[name] != source:  # --print-config says the convention lost
+            origin[name] += f" (over {source}, a default only)"
     return Config(**values), origin
 
 

@@ -22,6 +22,7 @@ class Listener:
     sock: socket.socket
     bind: str  # the --bind text it came from
     is_unix: bool
+    tls: bool = False  # served with --certfile: shown as https://
 
     @property
     def url(self) -> str:
@@ -30,7 +31,7 @@ class Listener:
         host, port = self.sock.getsockname()[:2]
         if self.sock.family == socket.AF_INET6:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def close(self, unlink: bool = True) -> None:
         path = self.sock.getsockname() if self.is_unix else None
