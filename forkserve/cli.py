@@ -138,7 +138,10 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     if listeners and not fds:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
-        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+        # An explicit --umask still narrows the socket's mode (so a --umask 077
+        # set to keep the socket private keeps doing so); an inherited one does not.
+        unix_mode = cfg.unix_socket_mode & ~(cfg.umask or 0)
+        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port, unix_mode)
     for listener in listeners:
         listener.tls = bool(cfg.certfile)  # every listener speaks TLS when it is on
     if identity is not None:

@@ -203,6 +203,15 @@ def parse_umask(text: str) -> int:
     return int(digits, 8)
 
 
+def parse_file_mode(text: str) -> int:
+    """Permission bits in octal, as chmod spells them: 666, 0o660, 600."""
+    value = text.strip().lower()
+    digits = value[2:] if value.startswith("0o") else value
+    if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
+        raise ValueError(f"expected octal permission bits such as 666 or 0o660, got {text!r}")
+    return int(digits, 8)
+
+
 def show_umask(value: Any) -> str:
     return "" if value is None else f"0o{value:03o}"
 
@@ -542,11 +551,26 @@ class Config:
         parse=parse_bool,
         switch=True,
     )
+    unix_socket_mode: int = setting(
+        0o666,
+        "--unix-socket-mode",
+        help="Permission bits of the socket file of a unix:PATH bind (octal), less those an "
+        "explicit --umask removes; the umask forkserve merely inherits (often 022) does not "
+        "apply. The default 666 lets every local user connect, as gunicorn's default does: "
+        "no more open than 127.0.0.1, and what nginx's unprivileged workers need. To "
+        "restrict it, use 660 with --group (the socket belongs to --user and --group), or "
+        "put the socket in a directory only the proxy can enter.",
+        section="Sockets",
+        parse=parse_file_mode,
+        metavar="MODE",
+        show=show_umask,
+    )
     umask: int | None = setting(
         None,
         "--umask",
-        help="The file mode mask (octal, e.g. 007) set in the master before binding: it "
-        "decides the mode of unix: sockets and of files the app creates. Default: inherited.",
+        help="The file mode mask (octal, e.g. 007) set in the master before forking: it "
+        "decides the mode of files the app creates, and removes bits from "
+        "--unix-socket-mode. Default: inherited (and not applied to unix: sockets).",
         section="Process",
         parse=parse_umask,
         metavar="MASK",
