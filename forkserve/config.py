@@ -511,7 +511,9 @@ class Config:
     access_logfile: str | None = setting(
         None,
         "--access-logfile",
-        help="Where to write the access log; '-' is stdout. Off by default.",
+        help="Where to write the access log; '-' is stdout. Off by default. A line that "
+        "cannot be written (full disk, closed pipe) is lost, counted, and reported in the "
+        "error log at most every 10 s; the request is unaffected.",
         section="Logging",
         parse=parse_optional_str,
         metavar="FILE",
@@ -519,8 +521,9 @@ class Config:
     access_logformat: str = setting(
         GUNICORN_ACCESS_FORMAT,
         "--access-logformat",
-        help="The access log line, with gunicorn's atoms: h l u t r m U q H s b B f a T M D L p "
-        "and {header}i / {header}o.",
+        help="The access log line, with gunicorn's atoms: h l u t r m U q H s b B f a T M D L p, "
+        "{header}i / {header}o (request / response header) and {KEY}e (a WSGI environ "
+        "key), each as %(atom)s.",
         section="Logging",
         parse=parse_str,
         metavar="FORMAT",
@@ -529,7 +532,8 @@ class Config:
         "-",
         "--error-logfile",
         "--log-file",
-        help="Where to write the error log; '-' is stderr.",
+        help="Where to write the error log; '-' is stderr. Lines that cannot be written are "
+        "counted and reported on stderr at most every 10 s.",
         section="Logging",
         parse=parse_str,
         metavar="FILE",
