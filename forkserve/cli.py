@@ -186,7 +186,48 @@ def command(**values: Any) -> None:
     sys.exit(status)
 
 
-cli = click.Command(
+EXAMPLES = """\
+\b
+Examples:
+  forkserve myapp:app                       127.0.0.1:8000, one worker
+  forkserve myproject.wsgi -w 4 -b 0.0.0.0:8000 --access-logfile -
+                                            MODULE alone means MODULE:application
+  forkserve 'myapp:create_app()' -b unix:/run/myapp/web.sock
+                                            a factory; a socket for nginx
+  forkserve myapp:app --certfile cert.pem --keyfile key.pem -b 0.0.0.0:8443
+  forkserve myapp:app --reload              development: new workers on code changes
+  forkserve --print-config myapp:app        every setting and where it came from
+  forkserve --check-config myapp:app        load settings and app, serve nothing
+
+Every option is described in docs/settings.md, under the same headings.
+"""
+
+
+class GroupedCommand(click.Command):
+    """`--help` with the options under the headings of docs/settings.md, in its order.
+
+    Both come from the `section` of each setting's declaration; options that are
+    not settings (--config, --version, ...) come last.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        section_of = {name: meta.section for name, (_field, meta) in SETTINGS.items()}
+        groups: dict[str, list[tuple[str, str]]] = {
+            section: [] for section in dict.fromkeys(section_of.values())}
+        other: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            section = section_of.get(param.name or "")
+            (groups[section] if section else other).append(record)
+        for section, rows in [*groups.items(), ("Configuration and help", other)]:
+            if rows:
+                with formatter.section(section):
+                    formatter.write_dl(rows)
+
+
+cli = GroupedCommand(
     "forkserve",
     callback=command,
     params=[
@@ -195,9 +236,11 @@ cli = click.Command(
                      callback=lambda ctx, _p, v: _print_version(ctx, v),
                      help="Show the version and exit."),
     ],
-    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY()) with a "
-    "pool of prefork sync workers. Settings come from, lowest to highest: defaults, the "
-    "config file, FORKSERVE_* environment variables, the command line.",
+    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY(); MODULE "
+    "alone means MODULE:application) with a pool of prefork sync workers. Settings come "
+    "from, lowest to highest: defaults, PORT / WEB_CONCURRENCY / FORWARDED_ALLOW_IPS / "
+    "SCRIPT_NAME, the config file, FORKSERVE_* environment variables, the command line.",
+    epilog=EXAMPLES,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
