@@ -48,12 +48,15 @@ def assert_serves_from_one_worker(server: Server) -> None:
 
 def test_access_log_on_a_full_disk_loses_lines_not_requests() -> None:
     with serve(APP, "--access-logfile", "/dev/full", wait_workers=1) as s:
+        began = time.monotonic()
         assert_serves_from_one_worker(s)
+        elapsed = time.monotonic() - began
         log = s.log
     reports = re.findall(r"access log /dev/full: write failed \(OSError: \[Errno 28\][^)]*\); "
                          r"(\d+) line\(s\) lost", log)
-    # The first loss is reported at once; the next report is due only after 10 s.
-    assert reports == ["1"], log
+    # The first loss is reported at once; the next only 10 s later, with its count.
+    assert reports and reports[0] == "1", log
+    assert len(reports) <= 1 + int(elapsed // 10), log
     assert "Traceback" not in log
 
 
@@ -102,14 +105,17 @@ def test_error_log_on_a_full_disk_is_reported_on_stderr_not_fatal() -> None:
     port = free_port()
     server = Server(APP, "--error-logfile", "/dev/full", "--log-level", "debug",
                     bind=[f"127.0.0.1:{port}"])
+    began = time.monotonic()
     start_without_log(server, port)
     with server as s:
         assert_serves_from_one_worker(s)
+        elapsed = time.monotonic() - began
         log = s.log
     reports = re.findall(r"\[(\d+)\] \[ERROR\] error log /dev/full: write failed "
                          r"\(OSError: \[Errno 28\]", log)
     assert reports, log
-    assert len(reports) == len(set(reports))  # at most one per process in 10 s
+    for pid in set(reports):  # at most one report per process in 10 s
+        assert reports.count(pid) <= 1 + int(elapsed // 10), log
     assert "--- Logging error ---" not in log and "Traceback" not in log
 
 
