@@ -119,6 +119,27 @@ def test_error_log_on_a_full_disk_is_reported_on_stderr_not_fatal() -> None:
     assert "--- Logging error ---" not in log and "Traceback" not in log
 
 
+def test_error_log_to_a_pipe_whose_reader_exited_is_reported_on_stderr_not_fatal() -> None:
+    read_end, write_end = os.pipe()
+    port = free_port()
+    # /dev/stdout reopens the pipe the server's stdout is; its stderr is the test's log.
+    server = Server("core_apps:app", "--error-logfile", "/dev/stdout",
+                    bind=[f"127.0.0.1:{port}"], stdout=write_end)
+    try:
+        start_without_log(server, port)
+    finally:
+        os.close(write_end)
+    os.close(read_end)
+    with server as s:
+        with requests.Session() as session:
+            for _ in range(20):  # each logs its traceback: every write gets EPIPE
+                assert session.get(s.url + "/error", timeout=10).status_code == 500
+        assert_serves_from_one_worker(s)
+        log = s.log
+    assert re.search(r"\[ERROR\] error log /dev/stdout: write failed \(BrokenPipeError", log), log
+    assert "--- Logging error ---" not in log and "Traceback" not in log
+
+
 def test_usr1_after_the_access_log_directory_was_removed_keeps_serving() -> None:
     logdir = Path(tempfile.mkdtemp(prefix="forkserve-logs-"))
     try:
