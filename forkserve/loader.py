@@ -227,21 +227,28 @@ def _hidden(filename: str) -> bool:
 
 def user_traceback(exc: BaseException) -> str:
     """`Type: message`, then the frames of the code that raised it, without
-    forkserve's and importlib's. For a SyntaxError, the file, line and caret."""
+    forkserve's and importlib's (for a SyntaxError: its file, line and caret)."""
     te = traceback.TracebackException.from_exception(exc, capture_locals=False)
     frames = [f for f in te.stack if not _hidden(f.filename)]
-    lines = [line.rstrip("\n") for line in te.format_exception_only()]
-    summary = lines[-1] if lines else type(exc).__name__
-    if summary.startswith(type(exc).__module__ + "."):
+    only = [line.rstrip("\n") for line in te.format_exception_only()]
+    # The `Type: message` line; a SyntaxError's location comes before it, notes after.
+    names = (type(exc).__qualname__, f"{type(exc).__module__}.{type(exc).__qualname__}")
+    at = next((i for i, line in enumerate(only) if line.startswith(names)), 0)
+    summary = only[at] if only else type(exc).__name__
+    if summary.startswith(names[1]):
         summary = summary[len(type(exc).__module__) + 1:]
-    shown = traceback.StackSummary.from_list(frames[:2] + frames[-(MAX_FRAMES - 2):]
-                                             if len(frames) > MAX_FRAMES else frames)
-    body = [line.rstrip("\n") for chunk in shown.format() for line in chunk.splitlines()]
     if len(frames) > MAX_FRAMES:
-        body.insert(4, f"  ... {len(frames) - MAX_FRAMES} more frames ...")
-    # format_exception_only puts a SyntaxError's file, line and caret before the summary.
-    body += lines[:-1]
-    return "\n".join([summary, *body])
+        left_out = len(frames) - MAX_FRAMES
+        body = [*_format(frames[:2]), f"  ... {left_out} more frames ...",
+                *_format(frames[-(MAX_FRAMES - 2):])]
+    else:
+        body = _format(frames)
+    return "\n".join([summary, *body, *only[:at], *only[at + 1:]])
+
+
+def _format(frames: list[traceback.FrameSummary]) -> list[str]:
+    chunks = traceback.StackSummary.from_list(frames).format()
+    return [line for chunk in chunks for line in chunk.rstrip("\n").split("\n")]
 
 
 def load_app(spec: str) -> Any:

@@ -124,7 +124,13 @@ class _ErrorLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.losses = LossCounter(f"error log {sink.name}", _to_stderr)
 
     def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
         if self.losses.lost:
             self.losses.succeeded(time.monotonic())
 
