@@ -118,7 +118,6 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     )
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
-    check_log_path(cfg.access_logfile, "--access-logfile")
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
     if cfg.certfile:
         from forkserve.tls import make_context
@@ -128,9 +127,11 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         # fork (so HUP picks up renewed certificates), as the --user it runs as.
         make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
     if cfg.umask is not None:
-        os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
+        os.umask(cfg.umask)  # for the files the app creates; sockets: unix_mode below
     prepare_path(cfg.chdir, cfg.pythonpath)
     check_spec(cfg.app)  # a typo in APP: one line now, before binding or forking
+    # After --chdir: workers open a relative access log path from there.
+    check_log_path(cfg.access_logfile, "--access-logfile")
     # Where the sockets come from, first match wins: the old master of a USR2
     # upgrade, systemd socket activation, or our own --bind.
     fds = inherited_fds(os.environ)
