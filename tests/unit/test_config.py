@@ -209,8 +209,8 @@ def _sample(name: str) -> str:
         return "true"
     if isinstance(value, list):
         return ",".join(value) if value else "x"
-    special = {"umask": "022", "unix_socket_mode": "660", "user": "root", "group": "root", "health_path": "/h",
-               "root_path": "/r", "app": "m:app"}
+    special = {"umask": "022", "unix_socket_mode": "660", "user": "root", "group": "root",
+               "health_path": "/h", "root_path": "/r", "app": "m:app"}
     if name in special:
         return special[name]
     return "1" if value is None else str(value) if value != "" else "x"
