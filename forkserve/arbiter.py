@@ -39,7 +39,7 @@ from forkserve.notify import Notifier
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
-from forkserve.worker import Worker, WorkerState
+from forkserve.worker import BOOT_ERROR_LINE_BREAK, Worker, WorkerState
 
 if TYPE_CHECKING:
     from forkserve.reloader import Reloader
@@ -296,9 +296,9 @@ class Arbiter:
                          worker.retire_reason or "replaced by a new generation")
                 self.retire(worker)
         if self.state in (State.BOOTING, State.RELOADING):
-            log.info("%s: generation %d is serving with %d workers",
+            log.info("%s: generation %d is serving with %s",
                      "Ready" if self.state is State.BOOTING else "Reload complete",
-                     self.generation, len(current))
+                     self.generation, _workers(len(current)))
             self.state = State.RUNNING
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
@@ -463,10 +463,10 @@ class Arbiter:
             text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
+        for line in text.split("\n"):
             pid, _, reason = line.partition(" ")
             if pid.isdigit():
-                self.boot_errors[int(pid)] = reason
+                self.boot_errors[int(pid)] = reason.replace(BOOT_ERROR_LINE_BREAK, "\n")
 
     # -- health -----------------------------------------------------------
     def check_workers(self, now: float) -> None:
@@ -551,8 +551,8 @@ class Arbiter:
         self.generation = self.last_generation
         self.spawn_not_before = 0.0
         self.set_title()
-        log.info("Reloading (%s): starting generation %d with %d workers%s", why,
-                 self.generation, self.num_workers,
+        log.info("Reloading (%s): starting generation %d with %s%s", why,
+                 self.generation, _workers(self.num_workers),
                  "; the preloaded app is not reloaded" if self.app is not None else "")
 
     def check_reloader(self, now: float) -> None:
@@ -724,3 +724,7 @@ def share_common_modules() -> None:
         import ssl  # noqa: F401
     except ImportError:  # a Python built without OpenSSL: nothing to share
         pass
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

@@ -102,19 +102,20 @@ def resolve(given: Mapping[str, Any], env: Mapping[str, str], cwd: str
 
 def check(cfg: Config) -> None:
     """What --check-config proves: the settings are whole and the app imports."""
-    from forkserve.loader import load_app, prepare_path
+    from forkserve.loader import check_spec, load_app, prepare_path
     from forkserve.process import resolve_identity
 
     resolve_identity(cfg.user, cfg.group)
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)
     load_app(cfg.app)
 
 
 def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     # Imported here so `--help`, `--version` and `--print-config` stay fast.
     from forkserve.arbiter import Arbiter
-    from forkserve.loader import prepare_path
-    from forkserve.log import log, setup_error_log
+    from forkserve.loader import check_spec, prepare_path
+    from forkserve.log import check_log_path, log, setup_error_log
     from forkserve.notify import Notifier
     from forkserve.process import daemonize, drop_privileges, resolve_identity
     from forkserve.sockets import (
@@ -135,8 +136,11 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         # fork (so HUP picks up renewed certificates), as the --user it runs as.
         make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
     if cfg.umask is not None:
-        os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
+        os.umask(cfg.umask)  # for the files the app creates; sockets: unix_mode below
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)  # a typo in APP: one line now, before binding or forking
+    # After --chdir: workers open a relative access log path from there.
+    check_log_path(cfg.access_logfile, "--access-logfile")
     # Where the sockets come from, first match wins: the old master of a USR2
     # upgrade, systemd socket activation, or our own --bind.
     fds = inherited_fds(os.environ)
@@ -144,7 +148,12 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     if listeners and not fds:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
-        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+        # An explicit --umask still narrows the socket's mode (so a --umask 077
+        # set to keep the socket private keeps doing so); an inherited one does not.
+        unix_mode = cfg.unix_socket_mode & ~(cfg.umask or 0)
+        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port, unix_mode)
+    for listener in listeners:
+        listener.tls = bool(cfg.certfile)  # every listener speaks TLS when it is on
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)
@@ -192,7 +201,48 @@ def command(**values: Any) -> None:
     sys.exit(status)
 
 
-cli = click.Command(
+EXAMPLES = """\
+\b
+Examples:
+  forkserve myapp:app                       127.0.0.1:8000, one worker
+  forkserve myproject.wsgi -w 4 -b 0.0.0.0:8000 --access-logfile -
+                                            MODULE alone means MODULE:application
+  forkserve 'myapp:create_app()' -b unix:/run/myapp/web.sock
+                                            a factory; a socket for nginx
+  forkserve myapp:app --certfile cert.pem --keyfile key.pem -b 0.0.0.0:8443
+  forkserve myapp:app --reload              development: new workers on code changes
+  forkserve --print-config myapp:app        every setting and where it came from
+  forkserve --check-config myapp:app        load settings and app, serve nothing
+
+Every option is described in docs/settings.md, under the same headings.
+"""
+
+
+class GroupedCommand(click.Command):
+    """`--help` with the options under the headings of docs/settings.md, in its order.
+
+    Both come from the `section` of each setting's declaration; options that are
+    not settings (--config, --version, ...) come last.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        section_of = {name: meta.section for name, (_field, meta) in SETTINGS.items()}
+        groups: dict[str, list[tuple[str, str]]] = {
+            section: [] for section in dict.fromkeys(section_of.values())}
+        other: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            section = section_of.get(param.name or "")
+            (groups[section] if section else other).append(record)
+        for section, rows in [*groups.items(), ("Configuration and help", other)]:
+            if rows:
+                with formatter.section(section):
+                    formatter.write_dl(rows)
+
+
+cli = GroupedCommand(
     "forkserve",
     callback=command,
     params=[
@@ -201,9 +251,11 @@ cli = click.Command(
                      callback=lambda ctx, _p, v: _print_version(ctx, v),
                      help="Show the version and exit."),
     ],
-    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY()) with a "
-    "pool of prefork sync workers. Settings come from, lowest to highest: defaults, the "
-    "config file, FORKSERVE_* environment variables, the command line.",
+    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY(); MODULE "
+    "alone means MODULE:application) with a pool of prefork sync workers. Settings come "
+    "from, lowest to highest: defaults, PORT / WEB_CONCURRENCY / FORWARDED_ALLOW_IPS / "
+    "SCRIPT_NAME, the config file, FORKSERVE_* environment variables, the command line.",
+    epilog=EXAMPLES,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 

@@ -149,11 +149,17 @@ class Worker:
         if self.boot_error_fd < 0:
             log.error("%s", message)
             return
-        line = f"{os.getpid()} {message}".encode("utf-8", "replace")[:4000] + b"\n"
+        # One line per worker on the pipe: a message's own line breaks (the
+        # traceback of an app that failed to import) travel as RS characters.
+        text = f"{os.getpid()} {message}".replace("\n", BOOT_ERROR_LINE_BREAK)
+        line = text.encode("utf-8", "replace")[:4000] + b"\n"
         try:
             os.write(self.boot_error_fd, line)
         except OSError:
             log.error("%s", message)
+
+
+BOOT_ERROR_LINE_BREAK = "\x1e"  # ASCII record separator: never in a message
 
 
 class _Hooks(RequestHooks):
