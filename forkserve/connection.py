@@ -46,7 +46,7 @@ from forkserve.parser import HeadParser, RequestHead, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
 from forkserve.response import ResponseWriter, error_response
 from forkserve.tls import make_context
-from forkserve.wsgi import StartResponse
+from forkserve.wsgi import ResponseError, StartResponse
 
 if TYPE_CHECKING:
     # ssl is imported only once TLS is configured (forkserve.tls): loading it
@@ -96,6 +96,7 @@ class Settings:
     proxy_protocol: AllowList | None = None  # peers that must send a PROXY header; None = off
     tls: ssl.SSLContext | None = None
     parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
+    app_name: str = "APP"  # the APP spec, to name the app in its errors
 
 
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
@@ -444,6 +445,10 @@ class Connection:
         try:
             try:
                 result = app(environ, start_response)
+                if result is None:
+                    raise ResponseError(
+                        f"the app {self.settings.app_name} returned None instead of an "
+                        "iterable of bytes (a missing `return`?)")
                 writer.send_iterable(result)
             finally:
                 if result is not None and hasattr(result, "close"):
@@ -461,7 +466,13 @@ class Connection:
             writer.broken = True
         except BodyError as exc:
             writer.fail(exc.status, f"request body: {exc.detail}", log_traceback=False)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # SystemExit and KeyboardInterrupt from the app are the app's failure,
+            # not a request to stop the worker: a `sys.exit()` in a view must not
+            # take the worker (or, read as a boot failure, the server) down.
+            # gunicorn answers 500 too. forkserve's own stop signals never raise
+            # them here: the worker records SIGINT/SIGQUIT/SIGTERM in its signal
+            # queue and acts on them once this request is done.
             writer.fail(500, f"Error handling request {environ['REQUEST_METHOD']} "
                         f"{environ['RAW_URI']}", exc=exc)
         finished = time.monotonic()
@@ -674,4 +685,5 @@ def settings_from(cfg: Config) -> Settings:
         forwarded=AllowList(cfg.forwarded_allow_ips),
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
+        app_name=cfg.app or "APP",
     )

@@ -123,6 +123,13 @@ class Worker:
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+            if loop is not None and loop.booted and code != WorkerExit.OK:
+                # The boot codes tell the master to give up on the pool: only a
+                # worker that never served may use them. A sys.exit() after boot
+                # (a hook, a thread's excepthook) is a crash, respawned as one.
+                log.critical("worker exited with status %s after booting:\n%s",
+                             exc.code, traceback.format_exc())
+                code = WorkerExit.CRASHED
         except BaseException as exc:
             if loop is not None and loop.booted:
                 log.critical("worker crashed:\n%s", traceback.format_exc())
