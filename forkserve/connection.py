@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from forkserve.config import Config
 from forkserve.environ import Body, build_environ
@@ -37,14 +37,17 @@ from forkserve.http import (
     HeadFacts,
     LengthDecoder,
     Limits,
+    check_first_byte,
     check_head,
     find_head_end,
+    judge_request_line,
+    request_line_of,
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
 from forkserve.parser import HeadParser, RequestHead, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
-from forkserve.response import ResponseWriter, error_response
+from forkserve.response import ResponseWriter, error_body, error_response
 from forkserve.tls import make_context
 from forkserve.wsgi import ResponseError, StartResponse
 
@@ -82,6 +85,19 @@ class ClientSocket(Protocol):
     def close(self) -> None: ...
 
 
+RequestLine = tuple[bytes, bytes, bytes]  # method, target, version ("HTTP/1.1") as received
+
+
+class Refusal(NamedTuple):
+    """A request the server answered itself, before (or instead of) the app."""
+
+    status: int
+    detail: str  # why, for the error log (never sent)
+    peer: tuple[str, int] | None
+    request_line: RequestLine | None  # None when no valid-looking line was read
+    sent: int  # body bytes of the error page that went out
+
+
 @dataclass
 class Settings:
     """The few values a connection needs (not the whole config); built once per worker."""
@@ -97,6 +113,9 @@ class Settings:
     tls: ssl.SSLContext | None = None
     parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
     app_name: str = "APP"  # the APP spec, to name the app in its errors
+    # Told of every request refused before the app (the worker's access and
+    # error logs); None = a debug line only.
+    on_refused: Callable[[Refusal], None] | None = None
 
 
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
@@ -131,6 +150,7 @@ class Connection:
         "forward_trusted",
         "tls",
         "peer_closed",
+        "line_judged",
     )
 
     def __init__(
@@ -164,6 +184,7 @@ class Connection:
         self.state = State.HEAD
         self.buf = bytearray()
         self.scan = 0
+        self.line_judged = False  # the request line in `buf` has ended and is valid
         self.deadline = now + settings.header_timeout
         self.body_deadline = 0.0
         self.last_active = now
@@ -263,10 +284,12 @@ class Connection:
         it lies (a head that came in one read is never copied) and goes into
         `buf` only if the head is not complete yet.
         """
+        buf: bytes | bytearray = self.buf if fresh is None else fresh
         try:
-            if self.proxy_pending and not self._proxy_header():
-                return self.state
-            buf: bytes | bytearray = self.buf if fresh is None else fresh
+            if self.proxy_pending:
+                if not self._proxy_header():
+                    return self.state
+                buf = self.buf
             skip = strip_leading_empty_lines(buf)
             if skip:
                 if fresh is None:
@@ -275,8 +298,14 @@ class Connection:
                     buf = fresh = fresh[skip:]
                 self.scan = 0
             limits = self.settings.limits
+            check_first_byte(buf)  # before the line-ending rules: a TLS hello gets its own 400
             end = find_head_end(buf, self.scan, limits)
             if end < 0:
+                # Incomplete: judge the request line as far as it came, so a
+                # client that will never send a valid head hears so now, not
+                # at the header timeout.
+                if not self.line_judged:
+                    self.line_judged = judge_request_line(buf, self.scan, limits)
                 if fresh is not None:
                     self.buf += fresh
                 self.scan = len(self.buf)
@@ -285,13 +314,18 @@ class Connection:
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
             event = self.settings.parse_head(head)
+            if facts.http11 and event.http_version != b"1.1":
+                # HTTP/1.2 and up (RFC 9110 §2.5): served as HTTP/1.1, and the
+                # app is told so (SERVER_PROTOCOL, docs/security.md).
+                event = event._replace(http_version=b"1.1")
             self.buf = bytearray()
             self.scan = 0
+            self.line_judged = False
             length = facts.content_length
             if limits.body and length is not None and length > limits.body:
                 raise HTTPError(413, "Content-Length larger than --limit-request-body")
         except HTTPError as exc:
-            self.refuse(exc.status, exc.detail)
+            self.refuse(exc.status, exc.detail, exc.body, raw=buf)
             return self.state
         self.request, self.facts = event, facts
         self.body_chunks, self.body_size = [], 0
@@ -383,14 +417,35 @@ class Connection:
             self.close()
 
     # -- answering without the app ---------------------------------------
-    def refuse(self, status: int, detail: str) -> None:
-        """Answer a request the server rejects, then close without losing the answer."""
-        log.debug("refused %s from %s: %s", status, self.peer, detail)
+    def refuse(self, status: int, detail: str, body: bytes | None = None,
+               raw: bytes | bytearray | None = None) -> None:
+        """Answer a request the server rejects, then close without losing the answer.
+
+        `raw` is the head as received when it was refused before it was parsed
+        (else `buf`): the access log shows its request line if it has one.
+        """
+        if body is None:
+            body = error_body(status)
+        sent = len(body)
         try:
-            self.sock.send(error_response(status, detail))
+            self.sock.send(error_response(status, detail, body))
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
+            sent = 0
             self.close()
+        report = self.settings.on_refused
+        if report is not None:
+            request = self.request
+            if request is not None:
+                line: RequestLine | None = (request.method, request.target,
+                                            b"HTTP/" + request.http_version)
+            else:
+                line = request_line_of(self.buf if raw is None else raw,
+                                       self.settings.limits)
+            report(Refusal(status, detail, self.peer, line, sent))
+        else:
+            log.debug("refused %s from %s: %s", status, self.peer, detail)
+        if self.state is State.CLOSED:
             return
         # Closing with unread bytes would send RST and could destroy the answer
         # before the client reads it: read and discard for a moment first.
@@ -432,8 +487,8 @@ class Connection:
             try:
                 apply_forwarded(environ, self.settings.forwarded)
             except HTTPError as exc:
-                self.request = None
                 self.refuse(exc.status, exc.detail)
+                self.request = None
                 return
         hooks.started(request, environ, self.peer_label, started)
         writer = ResponseWriter(
@@ -607,6 +662,7 @@ class Connection:
         rest = decoder.rest
         self.buf = bytearray(rest)
         self.scan = 0
+        self.line_judged = False
         self.last_active = now
         if rest:
             self.state = State.HEAD

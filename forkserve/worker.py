@@ -34,16 +34,16 @@ import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config
-from forkserve.connection import Connection, RequestHooks, State, settings_from
+from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
-from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.log import AccessLog, ErrorStream, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
-from forkserve.response import ResponseWriter
+from forkserve.response import REASONS, ResponseWriter
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
 from forkserve.wsgi import FileWrapper
@@ -229,6 +229,8 @@ class WorkerLoop:
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
         self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
+        self.refusals = RefusalLog(self.access_log)
+        self.settings.on_refused = self.report_refusal
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
@@ -303,6 +305,11 @@ class WorkerLoop:
             sys.stderr.flush()
         finally:
             os._exit(WorkerExit.ABORTED)
+
+    def report_refusal(self, refusal: Refusal) -> None:
+        """A request refused before the app: the access log and a rate-limited reason."""
+        self.refusals.record(refusal.status, REASONS.get(refusal.status, "Error"),
+                             refusal.detail, refusal.peer, refusal.request_line, refusal.sent)
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:

@@ -47,6 +47,10 @@ def faulty(environ: dict[str, Any], start_response: StartResponse) -> Iterable[b
         raise ValueError("boom")
     if path == "/sleep":
         time.sleep(float(environ.get("QUERY_STRING") or "60"))
+    if path == "/protocol":
+        out = environ["SERVER_PROTOCOL"].encode()
+        start_response("200 OK", [*PLAIN, ("Content-Length", str(len(out)))])
+        return [out]
     if path == "/upload":
         body = environ["wsgi.input"].read()
         seekable = hasattr(environ["wsgi.input"], "seek")
