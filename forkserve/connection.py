@@ -23,10 +23,11 @@ import errno
 import os
 import select
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from forkserve.config import Config
 from forkserve.environ import Body, build_environ
@@ -113,6 +114,7 @@ class Settings:
     tls: ssl.SSLContext | None = None
     parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
     app_name: str = "APP"  # the APP spec, to name the app in its errors
+    stream_body_paths: tuple[bytes, ...] = ()  # --stream-body-path prefixes, as bytes
     # Told of every request refused before the app (the worker's access and
     # error logs); None = a debug line only.
     on_refused: Callable[[Refusal], None] | None = None
@@ -135,7 +137,7 @@ class Connection:
         "buf",
         "scan",
         "deadline",
-        "body_deadline",
+        "spool",
         "last_active",
         "request",
         "facts",
@@ -186,7 +188,8 @@ class Connection:
         self.scan = 0
         self.line_judged = False  # the request line in `buf` has ended and is valid
         self.deadline = now + settings.header_timeout
-        self.body_deadline = 0.0
+        # The body past --body-buffer-size, on disk while it arrives (None = all in memory).
+        self.spool: IO[bytes] | None = None
         self.last_active = now
         self.request: RequestHead | None = None
         self.facts: HeadFacts | None = None
@@ -250,6 +253,8 @@ class Connection:
                 return self.advance_head(now)
             return self.advance_head(now, data)  # the common case: a whole head in one read
         if self.state is State.BODY:
+            # --body-timeout limits inactivity: every read starts it again.
+            self.deadline = now + self.settings.body_timeout
             return self.advance_body(data)
         return self.state
 
@@ -341,24 +346,49 @@ class Connection:
             self.state = State.READY
             return self.state
         self.decoder = ChunkedDecoder(limits) if facts.chunked else LengthDecoder(length or 0)
-        self.body_deadline = now + self.settings.body_timeout
-        buffer_size = self.settings.body_buffer_size
         if facts.expect_continue and rest:
             # The client did not wait: its body is already arriving. RFC 9110
-            # §10.1.1 lets the server omit the 100 then, and the body is
-            # received like any other (parked, checked before the app runs).
+            # §10.1.1 lets the server omit the 100 then.
             facts = self.facts = facts._replace(expect_continue=False)
-        if facts.expect_continue:
-            # The app decides whether it wants the body: 100 Continue goes out
-            # when it first reads (RFC 9110 §10.1.1), so the body is streamed.
-            # The price: a client that then trickles holds this worker up to
-            # --body-timeout (docs/security.md).
+        if self._streams(event.target):
+            # The app asked for this path's bodies as they arrive
+            # (--stream-body-path): 100 Continue goes out when it first reads
+            # (RFC 9110 §10.1.1). The price: a client that stalls holds this
+            # worker up to --body-timeout per read (docs/security.md).
             return self._stream_rest(rest)
-        if length is not None and length > buffer_size:
-            return self._stream_rest(rest)  # too large to hold: streamed to the app
+        # Everything else is received parked, so no upload holds a worker:
+        # the app runs once the whole body is here, in memory up to
+        # --body-buffer-size and spooled to a temporary file past it.
+        if facts.expect_continue:
+            # The head passed the limits (--limit-request-body was checked
+            # against Content-Length above): ask for the body now.
+            self.facts = facts._replace(expect_continue=False)
+            if not self._send_continue_parked():
+                return self.state
         self.state = State.BODY
-        self.deadline = self.body_deadline
+        self.deadline = now + self.settings.body_timeout
         return self.advance_body(rest)
+
+    def _streams(self, target: bytes) -> bool:
+        """True if the app asked for this request's body as it arrives."""
+        prefixes = self.settings.stream_body_paths
+        return bool(prefixes) and target.startswith(prefixes)
+
+    def _send_continue_parked(self) -> bool:
+        """Send 100 Continue without blocking; False (and closed) if the socket will not take it.
+
+        Nothing else is in the send buffer now (every earlier response was
+        written in full), so 25 bytes fit unless the client is gone.
+        """
+        try:
+            sent = self.sock.send(CONTINUE)
+        except OSError:
+            sent = 0
+        if sent != len(CONTINUE):
+            log.debug("closing %s: could not send 100 Continue", self.peer)
+            self.close()
+            return False
+        return True
 
     def _stream_rest(self, rest: bytes) -> State:
         """A body to stream: whatever already arrived is decoded now, the rest on demand."""
@@ -394,18 +424,33 @@ class Connection:
         return True
 
     def advance_body(self, data: bytes) -> State:
-        """Decode body bytes into the buffer until the body ends or the buffer is full."""
+        """Decode body bytes into memory (then the spool file) until the body ends."""
         try:
             pieces = self.decoder.decode(data)
+            for piece in pieces:
+                self._keep(piece)
         except HTTPError as exc:
             self.refuse(exc.status, exc.detail)
             return self.state
-        for piece in pieces:
-            self.body_chunks.append(piece)
-            self.body_size += len(piece)
-        if self.decoder.done or self.body_size >= self.settings.body_buffer_size:
-            self.state = State.READY  # complete, or the rest is streamed to the app
+        if self.decoder.done:
+            if self.spool is not None:
+                self.spool.seek(0)
+            self.state = State.READY
         return self.state
+
+    def _keep(self, piece: bytes) -> None:
+        """Hold one decoded body piece: in memory up to --body-buffer-size, then on disk."""
+        self.body_size += len(piece)
+        spool = self.spool
+        if spool is None:
+            if self.body_size <= self.settings.body_buffer_size:
+                self.body_chunks.append(piece)
+                return
+            spool = self.spool = _open_spool()
+            for chunk in self.body_chunks:
+                _spool_write(spool, chunk)
+            self.body_chunks = []
+        _spool_write(spool, piece)
 
     def expire(self, now: float) -> None:
         """Called by the worker's sweep: close a connection past its deadline."""
@@ -424,6 +469,7 @@ class Connection:
         `raw` is the head as received when it was refused before it was parsed
         (else `buf`): the access log shows its request line if it has one.
         """
+        self._drop_spool()
         if body is None:
             body = error_body(status)
         sent = len(body)
@@ -456,8 +502,18 @@ class Connection:
     def close(self) -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
+            self._drop_spool()
             try:
                 self.sock.close()
+            except OSError:
+                pass
+
+    def _drop_spool(self) -> None:
+        """Close (and so delete) the spooled body of the request just done or abandoned."""
+        if self.spool is not None:
+            spool, self.spool = self.spool, None
+            try:
+                spool.close()
             except OSError:
                 pass
 
@@ -539,6 +595,8 @@ class Connection:
 
     def _make_body(self) -> Body:
         if self.decoder.done:
+            if self.spool is not None:
+                return Body(file=self.spool)
             return Body(self.body_chunks)
         facts = self.facts
         assert facts is not None
@@ -552,7 +610,8 @@ class Connection:
         """Next decoded body piece for `wsgi.input`, read under the body deadline."""
         decoder = self.decoder
         while not decoder.done:
-            data = self.recv_within(self.body_deadline)
+            # --body-timeout limits inactivity, read by read.
+            data = self.recv_within(time.monotonic() + self.settings.body_timeout)
             if not data:
                 self.peer_closed = True
                 raise BodyError(400, "client closed during the request body")
@@ -646,6 +705,7 @@ class Connection:
         self.request = None
         self.facts = None
         self.body_chunks = []
+        self._drop_spool()
         keep = (self.keep_alive and not writer.close and not writer.broken
                 and not self.draining and not self.peer_closed)
         if keep and not self.decoder.done:
@@ -708,6 +768,23 @@ def _tls_wants(exc: OSError) -> int:
     return 0
 
 
+def _open_spool() -> IO[bytes]:
+    """An anonymous temporary file for a body past --body-buffer-size (gone once closed)."""
+    try:
+        return tempfile.TemporaryFile(prefix="forkserve-body-")
+    except OSError as exc:
+        log.error("cannot spool a request body to a temporary file: %s", exc)
+        raise HTTPError(503, f"cannot spool the request body: {exc}") from None
+
+
+def _spool_write(spool: IO[bytes], data: bytes) -> None:
+    try:
+        spool.write(data)
+    except OSError as exc:  # a full disk: the request fails, the worker does not
+        log.error("cannot spool a request body to a temporary file: %s", exc)
+        raise HTTPError(503, f"cannot spool the request body: {exc}") from None
+
+
 def _wait(fd: int, events: int, deadline: float) -> bool:
     """Wait for `events` on `fd` until `deadline`; False on timeout."""
     poller = select.poll()
@@ -742,4 +819,5 @@ def settings_from(cfg: Config) -> Settings:
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
         app_name=cfg.app or "APP",
+        stream_body_paths=tuple(p.encode("latin-1") for p in cfg.stream_body_paths),
     )

@@ -51,9 +51,13 @@ def faulty(environ: dict[str, Any], start_response: StartResponse) -> Iterable[b
         out = environ["SERVER_PROTOCOL"].encode()
         start_response("200 OK", [*PLAIN, ("Content-Length", str(len(out)))])
         return [out]
-    if path == "/upload":
-        body = environ["wsgi.input"].read()
-        seekable = hasattr(environ["wsgi.input"], "seek")
+    if path == "/stream/ignore":
+        start_response("200 OK", [*PLAIN, ("Content-Length", "7")])
+        return [b"ignored"]
+    if path == "/upload" or path.startswith("/stream/"):
+        wsgi_input = environ["wsgi.input"]
+        body = wsgi_input.read()
+        seekable = wsgi_input.seekable() and wsgi_input.seek(0) == 0 and wsgi_input.read() == body
         out = b"%d %s" % (len(body), b"seekable" if seekable else b"stream")
         start_response("200 OK", [*PLAIN, ("Content-Length", str(len(out)))])
         return [out]
