@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import faulthandler
 import gc
 import os
@@ -43,7 +44,7 @@ from forkserve.hooks import HookRequest, HookResponse, Hooks
 from forkserve.log import AccessLog, ErrorStream, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
-from forkserve.response import REASONS, ResponseWriter
+from forkserve.response import REASONS, ResponseWriter, error_response
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
 from forkserve.wsgi import FileWrapper
@@ -65,6 +66,12 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # (WorkerLoop.balance).
 BALANCE_SLACK = 1
 BALANCE_RECHECK_S = 0.01
+# Out of descriptors in accept (EMFILE/ENFILE): the listener stays readable,
+# so retrying at once is a busy loop (measured before this: 166,000 log lines
+# in 3 s). The worker leaves the accept queue for a pause that doubles up to
+# the maximum while the failures go on, and reports at most once a second.
+ACCEPT_PAUSE_FIRST = 0.05
+ACCEPT_PAUSE_MAX = 1.0
 
 
 class WorkerState(enum.Enum):
@@ -244,6 +251,12 @@ class WorkerLoop:
         self.last_eviction_log = 0.0
         self.peers = worker.heartbeat.peers(worker.slot)
         self.aside = False  # out of the accept queue: the listeners are not in the epoll set
+        self.fd_shortage = AcceptBackoff()  # out of the accept queue while short of descriptors
+        self.listening = False  # the listeners are in the epoll set
+        # A descriptor kept in reserve: when accept fails for want of one, it
+        # is closed so that one waiting client can be told why (503), then
+        # taken again (the "reserve descriptor" trick of nginx and libuv users).
+        self.spare_fd = -1
         self.recheck_at = 0.0  # while aside: when to look at the others' loads again
         # Connections that stay open across requests: kept open after a
         # response, or whose first request asks for keep-alive. Only these
@@ -267,7 +280,8 @@ class WorkerLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
-            self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
+        self._listen(True)
+        self.spare_fd = _open_spare()
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
         self.worker.hooks.call("post_worker_init", self.worker)
         if self.cfg.gc_freeze:
@@ -332,6 +346,8 @@ class WorkerLoop:
                 timeout = 0.0
             elif self.aside:
                 timeout = min(TICK, max(0.0, self.recheck_at - now))
+            elif self.fd_shortage.paused:
+                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
             else:
                 timeout = TICK
             try:
@@ -357,6 +373,9 @@ class WorkerLoop:
                     self.run(conn, app)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
+            if self.fd_shortage.paused and now >= self.fd_shortage.until:
+                self.fd_shortage.paused = False
+                self._listen(not self.aside)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.slot.beat(now)
@@ -413,8 +432,12 @@ class WorkerLoop:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._short_of_descriptors(listener, now, exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 break
+            self.fd_shortage.succeeded()
             sock.setblocking(False)
             peer: tuple[str, int] | None = None
             if sock.family != socket.AF_UNIX:
@@ -460,15 +483,37 @@ class WorkerLoop:
         if len(self.kept) > BALANCE_SLACK:
             fewest = self.peers.fewest(now)
             ahead = fewest is not None and len(self.conns) > fewest + BALANCE_SLACK
-        if ahead and not self.aside:
-            for fd in self.listen_socks:
-                self.epoll.unregister(fd)
-        elif self.aside and not ahead:
-            # Back at the tail of the queue, behind the workers that stayed.
-            for fd in self.listen_socks:
-                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+        # Back in: at the tail of the queue, behind the workers that stayed.
+        self._listen(not ahead and not self.fd_shortage.paused)
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
+
+    def _listen(self, want: bool) -> None:
+        """Put the listeners in the epoll set (join the accept queue) or take them out."""
+        if want == self.listening:
+            return
+        for fd in self.listen_socks:
+            if want:
+                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.epoll.unregister(fd)
+        self.listening = want
+
+    def _short_of_descriptors(self, listener: socket.socket, now: float,
+                              exc: OSError) -> None:
+        """accept() failed with EMFILE/ENFILE: tell one client why, then pause accepting.
+
+        The connections waiting in the backlog stay there (or go to a worker
+        that has descriptors) until this worker frees some: nothing is lost
+        by waiting, and the pause ends by itself.
+        """
+        if self.spare_fd >= 0:
+            os.close(self.spare_fd)
+            self.spare_fd = -1
+            _refuse_one(listener)
+            self.spare_fd = _open_spare()
+        self.fd_shortage.failed(now, exc, len(self.conns))
+        self._listen(False)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
@@ -533,9 +578,9 @@ class WorkerLoop:
         # socket stays open in the other workers, which serve what arrives later.
         for fd in list(self.listen_socks):
             self.accept(fd, now, batch=max(0, self.cfg.worker_connections - len(self.conns)))
-            if not self.aside:
-                self.epoll.unregister(fd)
-            self.listen_socks[fd][0].close()
+        self._listen(False)
+        for sock, _base in self.listen_socks.values():
+            sock.close()
         self.listen_socks.clear()
         self.aside = False
         # Close only connections idle between requests. One just accepted whose
@@ -545,6 +590,62 @@ class WorkerLoop:
             idle_between = conn.state is State.HEAD and not conn.buf and conn.requests > 0
             if conn.state is State.IDLE or idle_between:
                 self._forget(conn)
+
+
+class AcceptBackoff:
+    """Pausing accept() while the process is out of descriptors (worker, post-fork)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.until = 0.0  # monotonic end of the current pause
+        self.pause = 0.0  # length of the last pause: doubles while failures go on
+        self.reported_at = 0.0
+        self.unreported = 0  # failures since the last log line
+
+    def failed(self, now: float, exc: OSError, open_conns: int) -> None:
+        self.pause = min(ACCEPT_PAUSE_MAX, self.pause * 2 or ACCEPT_PAUSE_FIRST)
+        self.paused, self.until = True, now + self.pause
+        self.unreported += 1
+        if now - self.reported_at >= 1.0:
+            log.warning(
+                "accept failed: %s (%d times since the last report; %d connections open); "
+                "not accepting for %.2fs (raise the descriptor limit, `ulimit -n`, or lower "
+                "--worker-connections)", exc.strerror or exc, self.unreported, open_conns,
+                self.pause)
+            self.reported_at, self.unreported = now, 0
+
+    def succeeded(self) -> None:
+        self.pause = 0.0
+
+
+def _open_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # none to spare now: taken again at the next shortage
+
+
+def _refuse_one(listener: socket.socket) -> None:
+    """Accept one waiting connection with the spare descriptor, answer 503, close it."""
+    try:
+        sock, _addr = listener.accept()
+    except OSError:
+        return
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)  # what already came: closing with it unread would send RST
+        except OSError:
+            pass
+        sock.send(error_response(503, body=OUT_OF_DESCRIPTORS))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+OUT_OF_DESCRIPTORS = b"503 Service Unavailable\nThe server is out of file descriptors; retry.\n"
 
 
 def _error_log_fd() -> int:
