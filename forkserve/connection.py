@@ -153,6 +153,7 @@ class Connection:
         "tls",
         "peer_closed",
         "line_judged",
+        "writer",
     )
 
     def __init__(
@@ -187,6 +188,7 @@ class Connection:
         self.buf = bytearray()
         self.scan = 0
         self.line_judged = False  # the request line in `buf` has ended and is valid
+        self.writer: ResponseWriter | None = None  # while the app runs: its response
         self.deadline = now + settings.header_timeout
         # The body past --body-buffer-size, on disk while it arrives (None = all in memory).
         self.spool: IO[bytes] | None = None
@@ -499,6 +501,24 @@ class Connection:
         self.buf = bytearray()
         self.deadline = time.monotonic() + LINGER_SECONDS
 
+    def answer_timeout(self) -> None:
+        """The worker is being ended by --timeout while the app runs (from a signal handler).
+
+        If no byte of the response went out, the client gets a 500 instead of
+        an empty reply that clients and proxies report as a protocol error; a
+        response already begun can only be cut off. Either way the write side
+        is shut so the client sees the end at once. One non-blocking send: the
+        process is about to exit and must not wait for a client.
+        """
+        writer = self.writer
+        try:
+            if writer is not None and not writer.headers_sent:
+                writer.headers_sent = True
+                self.sock.send(error_response(500, "worker timeout"))
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
@@ -552,6 +572,7 @@ class Connection:
         )
         start_response = StartResponse(writer.write_legacy)
         writer.start = start_response
+        self.writer = writer
         result: Iterable[bytes] | None = None
         try:
             try:
@@ -701,6 +722,7 @@ class Connection:
         return total
 
     def _finish_cycle(self, body: Body, writer: ResponseWriter, now: float) -> None:
+        self.writer = None
         self.requests += 1
         self.request = None
         self.facts = None

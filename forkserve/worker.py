@@ -56,6 +56,11 @@ WORKER_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGHUP,
 )
+# The master's --timeout (and --boot-timeout) signal, sent first: a Python
+# handler dumps every thread's stack with source lines, answers 500 if the
+# request in the app has sent nothing yet, and exits. If it never runs (the
+# worker is stuck in C), SIGABRT follows and faulthandler dumps from C.
+TIMEOUT_SIGNAL = signal.SIGUSR2
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
 ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
@@ -107,6 +112,7 @@ class Worker:
     retire_reason: str = ""
     boot_failure: str = ""  # set by the master when it gave up waiting for the boot
     kill_at: float = 0.0  # master: SIGKILL at this monotonic time (0 = no deadline)
+    dump_at: float = 0.0  # master: SIGABRT (faulthandler's dump) at this time (0 = none)
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
@@ -233,6 +239,7 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.conns: dict[int, Connection] = {}
+        self.current: Connection | None = None  # the one running the app, for _abort
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
         self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
@@ -293,27 +300,41 @@ class WorkerLoop:
         return app
 
     def install_abort_handler(self) -> None:
-        """SIGABRT (the master's --timeout, or an operator): dump every thread's stack, exit.
+        """TIMEOUT_SIGNAL, then SIGABRT: dump every thread's stack, answer if possible, exit.
 
-        faulthandler writes the stacks from C, straight to the error log's fd, so
-        it works even when the app is stuck where no Python signal handler would
-        run (a long C call that never returns to the interpreter). It then restores
-        and re-raises to the handler installed before it, our Python one, which
-        runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
-        SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
+        The master's timeout sends TIMEOUT_SIGNAL first. Its handler is Python:
+        it runs in the main thread as soon as the interpreter gets control back
+        (a `time.sleep`, a socket wait and any Python code do), so it can print
+        the stacks as a Python traceback with source lines and still answer the
+        client. Code stuck in C never gives control back: for that the master
+        sends SIGABRT a moment later, and faulthandler writes the stacks from C,
+        straight to the error log's fd, then re-raises to our Python handler
+        (which runs if the C call ever returns). An operator's SIGABRT takes
+        that second path. (`enable()` also dumps on SIGSEGV, SIGBUS, SIGFPE and
+        SIGILL: a crashing C extension leaves a trace too.)
         """
+        signal.signal(TIMEOUT_SIGNAL, self._on_timeout)
         signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
         faulthandler.enable(file=_error_log_fd(), all_threads=True)
 
+    def _on_timeout(self, signum: int, frame: FrameType | None) -> None:
+        # Written with os.write, not the logger: the main thread may have been
+        # interrupted inside a logging call, holding the handler's lock.
+        _write_error_log(python_stacks(frame))
+        self._abort()
+
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
-        # A Python-level handler: it runs in the main thread between bytecodes,
-        # after faulthandler's dump. That dump names threads by id only: add names.
+        # Runs after faulthandler's dump, which names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
-        try:
-            os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
-        except OSError:
-            pass
+        _write_error_log(f"Thread names: {names}\n")
+        self._abort()
+
+    def _abort(self) -> None:
+        """End the worker from a signal handler: answer the request in flight, then exit."""
+        conn = self.current
+        if conn is not None:
+            conn.answer_timeout()  # 500 if nothing of its response went out, else a close
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()
@@ -408,7 +429,9 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
+        self.current = conn
         conn.run(app, self.access_log, self.hooks)
+        self.current = None
         if conn.requests == 1 and conn.state is not State.CLOSED:
             self.kept.add(conn.fd)
         self._place(conn)
@@ -646,6 +669,33 @@ def _refuse_one(listener: socket.socket) -> None:
 
 
 OUT_OF_DESCRIPTORS = b"503 Service Unavailable\nThe server is out of file descriptors; retry.\n"
+
+
+def python_stacks(interrupted: FrameType | None) -> str:
+    """Every thread's Python stack, with source lines, as `traceback` prints them.
+
+    `interrupted` is the main thread's frame where the signal arrived: the
+    handler's own frames above it are left out.
+    """
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    out = ["Python stacks of the worker's threads (most recent call last):\n"]
+    for ident, frame in sys._current_frames().items():
+        if ident == main and interrupted is not None:
+            frame = interrupted
+        out.append(f"\nThread {names.get(ident, '?')} (0x{ident:016x}):\n")
+        out.extend(traceback.format_stack(frame))
+    return "".join(out)
+
+
+def _write_error_log(text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    fd = _error_log_fd()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def _error_log_fd() -> int:
