@@ -50,6 +50,22 @@ def test_exit_or_interrupt_in_a_view_is_a_500_and_the_worker_carries_on(
     assert server.proc is not None and server.proc.poll() is None
 
 
+def test_a_worker_that_served_never_exits_with_a_boot_failure_code() -> None:
+    # sys.exit(4) outside the app's call (a post_request hook): the worker ends,
+    # but 4 means "could not load the app" and would stop the master. After
+    # boot it is reported as a crash and the worker is replaced.
+    with serve("fault_apps:faulty", "--workers", "1", "--hooks", "fault_hooks",
+               wait_workers=1) as server:
+        (worker,) = server.worker_pids()
+        with requests.Session() as session:
+            session.get(server.url + "/exit-in-hook", timeout=10)
+        log = server.wait_for_log(rf"Worker {worker} exited with CRASHED")
+        assert "APP_LOAD_ERROR" not in log
+        server.wait_for_log(r"Booted worker", count=2)
+        assert _get(server, "/ok").text == "ok"
+        assert server.proc is not None and server.proc.poll() is None
+
+
 def test_start_response_with_exc_info_after_the_head_aborts_the_response(
         server: Server) -> None:
     with socket.create_connection(server.address, timeout=10) as sock:
