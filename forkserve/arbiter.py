@@ -39,7 +39,7 @@ from forkserve.notify import Notifier
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
-from forkserve.worker import BOOT_ERROR_LINE_BREAK, Worker, WorkerState
+from forkserve.worker import BOOT_ERROR_LINE_BREAK, TIMEOUT_SIGNAL, Worker, WorkerState
 
 if TYPE_CHECKING:
     from forkserve.reloader import Reloader
@@ -59,6 +59,9 @@ MASTER_SIGNALS = (
 LOOP_INTERVAL = 0.5  # seconds between heartbeat checks when nothing happens
 FAST_STOP_GRACE = 2.0  # seconds workers get to exit on INT/QUIT before SIGKILL
 ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before SIGKILL
+# After TIMEOUT_SIGNAL, a worker still there this long is stuck where Python
+# cannot run: SIGABRT makes faulthandler dump its stacks from C.
+ABORT_DUMP_AFTER = 1.0
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -366,10 +369,12 @@ class Arbiter:
         self.kill(worker.pid, signal.SIGTERM)
 
     def abort(self, worker: Worker) -> None:
-        """SIGABRT: the worker dumps its threads' stacks; SIGKILL if still there after grace."""
+        """Timed out: TIMEOUT_SIGNAL (Python dump, a 500, exit), SIGABRT (C dump), SIGKILL."""
         worker.state = WorkerState.KILLED
-        worker.kill_at = time.monotonic() + ABORT_GRACE
-        self.kill(worker.pid, signal.SIGABRT)
+        now = time.monotonic()
+        worker.dump_at = now + ABORT_DUMP_AFTER
+        worker.kill_at = now + ABORT_GRACE
+        self.kill(worker.pid, TIMEOUT_SIGNAL)
 
     def kill(self, pid: int, sig: int) -> None:
         try:
@@ -472,6 +477,9 @@ class Arbiter:
     def check_workers(self, now: float) -> None:
         """Booted yet? Booting too long? Silent too long? Past its kill deadline?"""
         for worker in list(self.workers.values()):
+            if worker.dump_at and now >= worker.dump_at:
+                worker.dump_at = 0.0
+                self.kill(worker.pid, signal.SIGABRT)
             if worker.kill_at and now >= worker.kill_at:
                 worker.state, worker.kill_at = WorkerState.KILLED, 0.0
                 self.kill(worker.pid, signal.SIGKILL)

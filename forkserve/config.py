@@ -225,6 +225,13 @@ def parse_url_path(text: str) -> str | None:
     return value
 
 
+def parse_path_prefix(text: str) -> str:
+    value = parse_url_path(text)
+    if value is None:
+        raise ValueError("expected a URL path prefix such as /upload/, got nothing")
+    return value
+
+
 def parse_user(text: str) -> str | None:
     """A user name or uid that exists here (checked now, so the error names its source)."""
     value = text.strip()
@@ -370,7 +377,8 @@ class Config:
     body_timeout: float = setting(
         60.0,
         "--body-timeout",
-        help="Seconds a client has to send the whole request body.",
+        help="Seconds a request body may go without a byte arriving before the request is "
+        "refused with 408 (an inactivity limit, reset by every read).",
         section="HTTP",
         parse=parse_float(0.001),
         metavar="SECONDS",
@@ -386,12 +394,24 @@ class Config:
     body_buffer_size: int = setting(
         1048576,
         "--body-buffer-size",
-        help="Request bodies up to this many bytes are received in full, with the connection "
-        "parked, before the app runs, so a slow upload does not hold a worker. Larger bodies "
-        "are streamed to the app as they arrive.",
+        help="Request bodies are received in full, with the connection parked, before the app "
+        "runs, so a slow upload never holds a worker: up to this many bytes in memory, the rest "
+        "spooled to a temporary file (in $TMPDIR), up to --limit-request-body.",
         section="HTTP",
         parse=parse_int(0),
         metavar="BYTES",
+    )
+    stream_body_paths: list[str] = setting(
+        [],
+        "--stream-body-path",
+        help="A path prefix (e.g. /upload/) whose request bodies go to the app as they arrive "
+        "instead of being received first, for apps that process an upload while it streams. "
+        "The price: a client that stalls such an upload holds a worker for up to --body-timeout "
+        "per read. Repeatable.",
+        section="HTTP",
+        parse=parse_path_prefix,
+        metavar="PREFIX",
+        multiple=True,
     )
     limit_request_line: int = setting(
         4094,

@@ -296,8 +296,9 @@ class AtomDict(dict[str, str]):
             "u": lambda: _basic_auth_user(env) or "-",
             "t": lambda: _clf_time(time.time() - elapsed),
             "r": lambda: (
-                f"{env.get('REQUEST_METHOD', '-')} {env.get('RAW_URI', '-')} "
+                f"{env['REQUEST_METHOD']} {env.get('RAW_URI', '-')} "
                 f"{env.get('SERVER_PROTOCOL', '-')}"
+                if "REQUEST_METHOD" in env else "-"  # refused before a request line was read
             ),
             "m": lambda: str(env.get("REQUEST_METHOD", "-")),
             "U": lambda: str(env.get("PATH_INFO", "-")),
@@ -354,3 +355,55 @@ class ErrorStream:
         if self._pending:
             log.error("%s", self._pending)
             self._pending = ""
+
+
+class RefusalLog:
+    """Requests refused before the app: an access-log line each, the reason in the error log.
+
+    Runs in a worker. Security teams grep for these (a smuggling attempt, a
+    scanner, TLS sent to the plain port), so the reason goes out at info, but
+    at most PER_SECOND lines a second: a flood of bad requests must not become
+    a flood of log lines. What is held back is counted and reported with the
+    next line that goes out; every refusal still gets its access-log line
+    (at the cost of one line per request, like any request).
+    """
+
+    PER_SECOND = 10
+
+    def __init__(self, access_log: AccessLog, clock: Callable[[], float] = time.monotonic) -> None:
+        self.access_log = access_log
+        self.clock = clock
+        self.window = 0.0
+        self.logged = 0
+        self.held_back = 0
+
+    def record(self, status: int, reason: str, detail: str, peer: tuple[str, int] | None,
+               request_line: tuple[bytes, bytes, bytes] | None, sent: int) -> None:
+        """One refused request; `request_line` is visible ASCII only (http.request_line_of)."""
+        line = " ".join(p.decode("ascii") for p in request_line) if request_line else "-"
+        if self.access_log.enabled:
+            environ: dict[str, Any] = {"REMOTE_ADDR": peer[0] if peer else ""}
+            if request_line is not None:
+                method, target, version = (p.decode("ascii") for p in request_line)
+                path, _, query = target.partition("?")
+                environ.update(REQUEST_METHOD=method, RAW_URI=target, PATH_INFO=path,
+                               QUERY_STRING=query, SERVER_PROTOCOL=version)
+            now = time.time()
+            self.access_log.write(environ, f"{status} {reason}", [], sent, now, now)
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self.window, self.logged = now, 0
+        if self.logged >= self.PER_SECOND:
+            self.held_back += 1
+            log.debug("refused %d from %s: %s (%s)", status, _peer(peer), detail, line)
+            return
+        self.logged += 1
+        more = ""
+        if self.held_back:
+            more = f" ({self.held_back} more refusals not logged at info since the last)"
+            self.held_back = 0
+        log.info("refused %d from %s: %s (%s)%s", status, _peer(peer), detail, line, more)
+
+
+def _peer(peer: tuple[str, int] | None) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else "unix socket"

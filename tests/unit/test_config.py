@@ -205,14 +205,15 @@ def _sample(name: str) -> str:
     """A valid value of each setting, spelled as an environment variable."""
     default = load({}, {})[0]
     value = getattr(default, name)
+    special = {"umask": "022", "unix_socket_mode": "660", "user": "root", "group": "root",
+               "health_path": "/h", "root_path": "/r", "app": "m:app",
+               "stream_body_paths": "/upload/"}
+    if name in special:
+        return special[name]
     if isinstance(value, bool):
         return "true"
     if isinstance(value, list):
         return ",".join(value) if value else "x"
-    special = {"umask": "022", "unix_socket_mode": "660", "user": "root", "group": "root",
-               "health_path": "/h", "root_path": "/r", "app": "m:app"}
-    if name in special:
-        return special[name]
     return "1" if value is None else str(value) if value != "" else "x"
 
 
