@@ -41,7 +41,7 @@ from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
-from forkserve.worker import Worker, WorkerState
+from forkserve.worker import BOOT_ERROR_LINE_BREAK, TIMEOUT_SIGNAL, Worker, WorkerState
 
 if TYPE_CHECKING:
     from forkserve.metrics import AppMetricsDir, MetricsServer, Snapshot
@@ -63,6 +63,9 @@ MASTER_SIGNALS = (
 LOOP_INTERVAL = 0.5  # seconds between heartbeat checks when nothing happens
 FAST_STOP_GRACE = 2.0  # seconds workers get to exit on INT/QUIT before SIGKILL
 ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before SIGKILL
+# After TIMEOUT_SIGNAL, a worker still there this long is stuck where Python
+# cannot run: SIGABRT makes faulthandler dump its stacks from C.
+ABORT_DUMP_AFTER = 1.0
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -355,9 +358,9 @@ class Arbiter:
                     worker.restart_reason = "reload"
                 self.retire(worker)
         if self.state in (State.BOOTING, State.RELOADING):
-            log.info("%s: generation %d is serving with %d workers",
+            log.info("%s: generation %d is serving with %s",
                      "Ready" if self.state is State.BOOTING else "Reload complete",
-                     self.generation, len(current))
+                     self.generation, _workers(len(current)))
             self.state = State.RUNNING
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
@@ -429,10 +432,12 @@ class Arbiter:
         self.kill(worker.pid, signal.SIGTERM)
 
     def abort(self, worker: Worker) -> None:
-        """SIGABRT: the worker dumps its threads' stacks; SIGKILL if still there after grace."""
+        """Timed out: TIMEOUT_SIGNAL (Python dump, a 500, exit), SIGABRT (C dump), SIGKILL."""
         worker.state = WorkerState.KILLED
-        worker.kill_at = time.monotonic() + ABORT_GRACE
-        self.kill(worker.pid, signal.SIGABRT)
+        now = time.monotonic()
+        worker.dump_at = now + ABORT_DUMP_AFTER
+        worker.kill_at = now + ABORT_GRACE
+        self.kill(worker.pid, TIMEOUT_SIGNAL)
 
     def kill(self, pid: int, sig: int) -> None:
         try:
@@ -550,15 +555,18 @@ class Arbiter:
             text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
+        for line in text.split("\n"):
             pid, _, reason = line.partition(" ")
             if pid.isdigit():
-                self.boot_errors[int(pid)] = reason
+                self.boot_errors[int(pid)] = reason.replace(BOOT_ERROR_LINE_BREAK, "\n")
 
     # -- health -----------------------------------------------------------
     def check_workers(self, now: float) -> None:
         """Booted yet? Booting too long? Silent too long? Past its kill deadline?"""
         for worker in list(self.workers.values()):
+            if worker.dump_at and now >= worker.dump_at:
+                worker.dump_at = 0.0
+                self.kill(worker.pid, signal.SIGABRT)
             if worker.kill_at and now >= worker.kill_at:
                 worker.state, worker.kill_at = WorkerState.KILLED, 0.0
                 self.kill(worker.pid, signal.SIGKILL)
@@ -644,8 +652,8 @@ class Arbiter:
         self.generation = self.last_generation
         self.spawn_not_before = 0.0
         self.set_title()
-        log.info("Reloading (%s): starting generation %d with %d workers%s", why,
-                 self.generation, self.num_workers,
+        log.info("Reloading (%s): starting generation %d with %s%s", why,
+                 self.generation, _workers(self.num_workers),
                  "; the preloaded app is not reloaded" if self.app is not None else "")
 
     def check_reloader(self, now: float) -> None:
@@ -825,3 +833,7 @@ def share_common_modules() -> None:
         import ssl  # noqa: F401
     except ImportError:  # a Python built without OpenSSL: nothing to share
         pass
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

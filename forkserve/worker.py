@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import faulthandler
 import gc
 import logging
@@ -35,17 +36,17 @@ import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config
-from forkserve.connection import Connection, RequestHooks, State, settings_from
+from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
-from forkserve.log import AccessLog, ErrorStream, JsonFormatter, log, setup_error_log
+from forkserve.log import AccessLog, ErrorStream, JsonFormatter, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
 from forkserve.requestid import IdSource, environ_key, with_request_id
-from forkserve.response import ResponseWriter
+from forkserve.response import REASONS, ResponseWriter, error_response
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
 from forkserve.stats import NO_RESPONSE, StatsTable, StatsWriter
@@ -59,6 +60,11 @@ WORKER_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGHUP,
 )
+# The master's --timeout (and --boot-timeout) signal, sent first: a Python
+# handler dumps every thread's stack with source lines, answers 500 if the
+# request in the app has sent nothing yet, and exits. If it never runs (the
+# worker is stuck in C), SIGABRT follows and faulthandler dumps from C.
+TIMEOUT_SIGNAL = signal.SIGUSR2
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
 ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
@@ -69,6 +75,13 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # (WorkerLoop.balance).
 BALANCE_SLACK = 1
 BALANCE_RECHECK_S = 0.01
+# Out of descriptors in accept (EMFILE/ENFILE): the listener stays readable,
+# so retrying at once is a busy loop (measured: two workers wrote 93,000
+# lines in 3 s under a 64-descriptor limit). The worker leaves the accept
+# queue for a pause that doubles up to the maximum while the failures go on,
+# and reports at most once a second.
+ACCEPT_PAUSE_FIRST = 0.05
+ACCEPT_PAUSE_MAX = 1.0
 
 
 class WorkerState(enum.Enum):
@@ -104,6 +117,7 @@ class Worker:
     retire_reason: str = ""
     boot_failure: str = ""  # set by the master when it gave up waiting for the boot
     kill_at: float = 0.0  # master: SIGKILL at this monotonic time (0 = no deadline)
+    dump_at: float = 0.0  # master: SIGABRT (faulthandler's dump) at this time (0 = none)
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
@@ -132,6 +146,13 @@ class Worker:
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+            if loop is not None and loop.booted and code != WorkerExit.OK:
+                # The boot codes tell the master to give up on the pool: only a
+                # worker that never served may use them. A sys.exit() after boot
+                # (a hook, a thread's excepthook) is a crash, respawned as one.
+                log.critical("worker exited with status %s after booting:\n%s",
+                             exc.code, traceback.format_exc())
+                code = WorkerExit.CRASHED
         except BaseException as exc:
             if loop is not None and loop.booted:
                 log.critical("worker crashed:\n%s", traceback.format_exc())
@@ -158,11 +179,17 @@ class Worker:
         if self.boot_error_fd < 0:
             log.error("%s", message)
             return
-        line = f"{os.getpid()} {message}".encode("utf-8", "replace")[:4000] + b"\n"
+        # One line per worker on the pipe: a message's own line breaks (the
+        # traceback of an app that failed to import) travel as RS characters.
+        text = f"{os.getpid()} {message}".replace("\n", BOOT_ERROR_LINE_BREAK)
+        line = text.encode("utf-8", "replace")[:4000] + b"\n"
         try:
             os.write(self.boot_error_fd, line)
         except OSError:
             log.error("%s", message)
+
+
+BOOT_ERROR_LINE_BREAK = "\x1e"  # ASCII record separator: never in a message
 
 
 class _Hooks(RequestHooks):
@@ -240,13 +267,14 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.conns: dict[int, Connection] = {}
+        self.current: Connection | None = None  # the one running the app, for _abort
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
-        if self.stats is not None:
-            self.settings.on_refused = self.stats.rejected
         self.request_id_key = environ_key(cfg.request_id_header) if cfg.request_id else None
         self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat,
                                     cfg.log_format == "json", self.request_id_key)
+        self.refusals = RefusalLog(self.access_log)
+        self.settings.on_refused = self.report_refusal
         self.dump_file: Any = None  # --log-format json: where faulthandler writes a dump
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
@@ -261,6 +289,12 @@ class WorkerLoop:
         self.last_eviction_log = 0.0
         self.peers = worker.heartbeat.peers(worker.slot)
         self.aside = False  # out of the accept queue: the listeners are not in the epoll set
+        self.fd_shortage = AcceptBackoff()  # out of the accept queue while short of descriptors
+        self.listening = False  # the listeners are in the epoll set
+        # A descriptor kept in reserve: when accept fails for want of one, it
+        # is closed so that one waiting client can be told why (503), then
+        # taken again (the "reserve descriptor" trick of nginx and libuv users).
+        self.spare_fd = -1
         self.recheck_at = 0.0  # while aside: when to look at the others' loads again
         # Connections that stay open across requests: kept open after a
         # response, or whose first request asks for keep-alive. Only these
@@ -286,7 +320,8 @@ class WorkerLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
-            self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
+        self._listen(True)
+        self.spare_fd = _open_spare()
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
         self.worker.hooks.call("post_worker_init", self.worker)
         if self.cfg.gc_freeze:
@@ -298,15 +333,20 @@ class WorkerLoop:
         return app
 
     def install_abort_handler(self) -> None:
-        """SIGABRT (the master's --timeout, or an operator): dump every thread's stack, exit.
+        """TIMEOUT_SIGNAL, then SIGABRT: dump every thread's stack, answer if possible, exit.
 
-        faulthandler writes the stacks from C, straight to the error log's fd, so
-        it works even when the app is stuck where no Python signal handler would
-        run (a long C call that never returns to the interpreter). It then restores
-        and re-raises to the handler installed before it, our Python one, which
-        runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
-        SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
+        The master's timeout sends TIMEOUT_SIGNAL first. Its handler is Python:
+        it runs in the main thread as soon as the interpreter gets control back
+        (a `time.sleep`, a socket wait and any Python code do), so it can print
+        the stacks as a Python traceback with source lines and still answer the
+        client. Code stuck in C never gives control back: for that the master
+        sends SIGABRT a moment later, and faulthandler writes the stacks from C,
+        straight to the error log's fd, then re-raises to our Python handler
+        (which runs if the C call ever returns). An operator's SIGABRT takes
+        that second path. (`enable()` also dumps on SIGSEGV, SIGBUS, SIGFPE and
+        SIGILL: a crashing C extension leaves a trace too.)
         """
+        signal.signal(TIMEOUT_SIGNAL, self._on_timeout)
         signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
         faulthandler.enable(file=self._dump_fd(), all_threads=True)
 
@@ -327,23 +367,49 @@ class WorkerLoop:
         fd: int = self.dump_file.fileno()
         return fd
 
+    def _on_timeout(self, signum: int, frame: FrameType | None) -> None:
+        # Written with os.write, not the logger: the main thread may have been
+        # interrupted inside a logging call, holding the handler's lock.
+        stacks = python_stacks(frame)
+        if self.cfg.log_format == "json":
+            _write_stack_record(stacks.rstrip())  # one record, as the SIGABRT dump
+        else:
+            _write_error_log(stacks)
+        self._abort()
+
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
-        # A Python-level handler: it runs in the main thread between bytecodes,
-        # after faulthandler's dump. That dump names threads by id only: add names.
+        # Runs after faulthandler's dump, which names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
         if self.dump_file is not None:
-            _write_dump_record(self.dump_file.fileno(), f"Thread names: {names}")
+            _write_stack_record(f"{_read_dump(self.dump_file.fileno()).rstrip()}\n"
+                                f"Thread names: {names}")
         else:
-            try:
-                os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
-            except OSError:
-                pass
+            _write_error_log(f"Thread names: {names}\n")
+        self._abort()
+
+    def _abort(self) -> None:
+        """End the worker from a signal handler: answer the request in flight, then exit."""
+        conn = self.current
+        if conn is not None:
+            conn.answer_timeout()  # 500 if nothing of its response went out, else a close
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()
         finally:
             os._exit(WorkerExit.ABORTED)
+
+    def report_refusal(self, refusal: Refusal) -> None:
+        """A request refused before the app: counted (--metrics-bind), then logged.
+
+        The one `on_refused` callback of the worker's connections: the access
+        log and a rate-limited reason (RefusalLog), and the rejected-requests
+        counter of the worker's statistics slot.
+        """
+        if self.stats is not None:
+            self.stats.rejected(refusal.status)
+        self.refusals.record(refusal.status, REASONS.get(refusal.status, "Error"),
+                             refusal.detail, refusal.peer, refusal.request_line, refusal.sent)
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:
@@ -366,6 +432,8 @@ class WorkerLoop:
                 timeout = 0.0
             elif self.aside:
                 timeout = min(TICK, max(0.0, self.recheck_at - now))
+            elif self.fd_shortage.paused:
+                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
             else:
                 timeout = TICK
             try:
@@ -391,6 +459,9 @@ class WorkerLoop:
                     self.run(conn, app)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
+            if self.fd_shortage.paused and now >= self.fd_shortage.until:
+                self.fd_shortage.paused = False
+                self._listen(not self.aside)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.slot.beat(now)
@@ -437,7 +508,9 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
+        self.current = conn
         conn.run(app, self.access_log, self.hooks)
+        self.current = None
         if conn.requests == 1 and conn.state is not State.CLOSED:
             self.kept.add(conn.fd)
         self._place(conn)
@@ -461,8 +534,12 @@ class WorkerLoop:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._short_of_descriptors(listener, now, exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 break
+            self.fd_shortage.succeeded()
             sock.setblocking(False)
             peer: tuple[str, int] | None = None
             if sock.family != socket.AF_UNIX:
@@ -508,15 +585,37 @@ class WorkerLoop:
         if len(self.kept) > BALANCE_SLACK:
             fewest = self.peers.fewest(now)
             ahead = fewest is not None and len(self.conns) > fewest + BALANCE_SLACK
-        if ahead and not self.aside:
-            for fd in self.listen_socks:
-                self.epoll.unregister(fd)
-        elif self.aside and not ahead:
-            # Back at the tail of the queue, behind the workers that stayed.
-            for fd in self.listen_socks:
-                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+        # Back in: at the tail of the queue, behind the workers that stayed.
+        self._listen(not ahead and not self.fd_shortage.paused)
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
+
+    def _listen(self, want: bool) -> None:
+        """Put the listeners in the epoll set (join the accept queue) or take them out."""
+        if want == self.listening:
+            return
+        for fd in self.listen_socks:
+            if want:
+                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.epoll.unregister(fd)
+        self.listening = want
+
+    def _short_of_descriptors(self, listener: socket.socket, now: float,
+                              exc: OSError) -> None:
+        """accept() failed with EMFILE/ENFILE: tell one client why, then pause accepting.
+
+        The connections waiting in the backlog stay there (or go to a worker
+        that has descriptors) until this worker frees some: nothing is lost
+        by waiting, and the pause ends by itself.
+        """
+        if self.spare_fd >= 0:
+            os.close(self.spare_fd)
+            self.spare_fd = -1
+            _refuse_one(listener)
+            self.spare_fd = _open_spare()
+        self.fd_shortage.failed(now, exc, len(self.conns))
+        self._listen(False)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
@@ -581,9 +680,9 @@ class WorkerLoop:
         # socket stays open in the other workers, which serve what arrives later.
         for fd in list(self.listen_socks):
             self.accept(fd, now, batch=max(0, self.cfg.worker_connections - len(self.conns)))
-            if not self.aside:
-                self.epoll.unregister(fd)
-            self.listen_socks[fd][0].close()
+        self._listen(False)
+        for sock, _base in self.listen_socks.values():
+            sock.close()
         self.listen_socks.clear()
         self.aside = False
         # Close only connections idle between requests. One just accepted whose
@@ -593,6 +692,89 @@ class WorkerLoop:
             idle_between = conn.state is State.HEAD and not conn.buf and conn.requests > 0
             if conn.state is State.IDLE or idle_between:
                 self._forget(conn)
+
+
+class AcceptBackoff:
+    """Pausing accept() while the process is out of descriptors (worker, post-fork)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.until = 0.0  # monotonic end of the current pause
+        self.pause = 0.0  # length of the last pause: doubles while failures go on
+        self.reported_at = 0.0
+        self.unreported = 0  # failures since the last log line
+
+    def failed(self, now: float, exc: OSError, open_conns: int) -> None:
+        self.pause = min(ACCEPT_PAUSE_MAX, self.pause * 2 or ACCEPT_PAUSE_FIRST)
+        self.paused, self.until = True, now + self.pause
+        self.unreported += 1
+        if now - self.reported_at >= 1.0:
+            log.warning(
+                "accept failed: %s (%d times since the last report; %d connections open); "
+                "not accepting for %.2fs (raise the descriptor limit, `ulimit -n`, or lower "
+                "--worker-connections)", exc.strerror or exc, self.unreported, open_conns,
+                self.pause)
+            self.reported_at, self.unreported = now, 0
+
+    def succeeded(self) -> None:
+        self.pause = 0.0
+
+
+def _open_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # none to spare now: taken again at the next shortage
+
+
+def _refuse_one(listener: socket.socket) -> None:
+    """Accept one waiting connection with the spare descriptor, answer 503, close it."""
+    try:
+        sock, _addr = listener.accept()
+    except OSError:
+        return
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)  # what already came: closing with it unread would send RST
+        except OSError:
+            pass
+        sock.send(error_response(503, body=OUT_OF_DESCRIPTORS))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+OUT_OF_DESCRIPTORS = b"503 Service Unavailable\nThe server is out of file descriptors; retry.\n"
+
+
+def python_stacks(interrupted: FrameType | None) -> str:
+    """Every thread's Python stack, with source lines, as `traceback` prints them.
+
+    `interrupted` is the main thread's frame where the signal arrived: the
+    handler's own frames above it are left out.
+    """
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    out = ["Python stacks of the worker's threads (most recent call last):\n"]
+    for ident, frame in sys._current_frames().items():
+        if ident == main and interrupted is not None:
+            frame = interrupted
+        out.append(f"\nThread {names.get(ident, '?')} (0x{ident:016x}):\n")
+        out.extend(traceback.format_stack(frame))
+    return "".join(out)
+
+
+def _write_error_log(text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    fd = _error_log_fd()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def _error_log_fd() -> int:
@@ -608,23 +790,23 @@ def _error_log_fd() -> int:
     return sys.stderr.fileno()
 
 
-def _write_dump_record(dump_fd: int, names: str) -> None:
-    """--log-format json: faulthandler's dump and the thread names as one error-log record.
-
-    Runs in the SIGABRT handler: the record is formatted here and written with
-    one os.write, never through a logging handler, whose lock the interrupted
-    code may hold.
-    """
+def _read_dump(dump_fd: int) -> str:
+    """What faulthandler wrote to the --log-format json dump file."""
     try:
         size = os.fstat(dump_fd).st_size
-        dump = os.pread(dump_fd, size, 0).decode("utf-8", "replace")
+        return os.pread(dump_fd, size, 0).decode("utf-8", "replace")
     except OSError:
-        dump = ""
+        return ""
+
+
+def _write_stack_record(stack: str) -> None:
+    """--log-format json: a worker's thread stacks as one error-log record.
+
+    Runs in a signal handler (TIMEOUT_SIGNAL or SIGABRT): the record is
+    formatted here and written with os.write, never through a logging
+    handler, whose lock the interrupted code may hold.
+    """
     record = logging.LogRecord(log.name, logging.CRITICAL, __file__, 0,
                                "Worker %d: the stacks of its threads", (os.getpid(),), None)
-    record.stack = f"{dump.rstrip()}\n{names}"
-    line = JsonFormatter().format(record) + "\n"
-    try:
-        os.write(_error_log_fd(), line.encode("utf-8", "replace"))
-    except OSError:
-        pass
+    record.stack = stack
+    _write_error_log(JsonFormatter().format(record) + "\n")
