@@ -97,6 +97,8 @@ def test_realistic_config_maps_every_setting_with_an_equivalent(
         "log_level": "warning",
         "preload_app": True,
         "umask": 0o027,
+        "statsd_host": "localhost:8125",  # forkserve sends gunicorn's statsd names
+        "statsd_prefix": "myapp",
     }
 
 
@@ -107,12 +109,20 @@ def test_realistic_config_comments_what_has_no_equivalent(tmp_path: Path) -> Non
     for name, value in (("worker_class", "'gthread'"), ("threads", "4")):
         assert f"# {name} = {value}\n#   threads inside a worker are not in forkserve yet " \
                "(planned)" in said
-    for name in ("statsd_host", "statsd_prefix"):
-        assert f"# {name} = 'localhost:8125'\n#   forkserve has no statsd metrics yet " \
-               "(planned)" in said or f"# {name} = 'myapp'\n#   forkserve has no statsd" in said
+    assert "statsd" not in said  # both statsd settings are converted
     assert "# limit_request_line = 0\n#   0 means no limit in gunicorn" in said
     assert "#     DJANGO_SETTINGS_MODULE=mysite.settings" in said  # raw_env, to set elsewhere
     assert "helper" not in text
+
+
+def test_statsd_settings_without_an_equivalent_say_why(tmp_path: Path) -> None:
+    text = convert(read_gunicorn_file(write(
+        tmp_path, 'statsd_host = "unix:/run/statsd.sock"\ndogstatsd_tags = "env:prod"\n'
+                  "enable_backlog_metric = True\n")))
+    assert loaded(tmp_path, text) == {}
+    assert "# statsd_host = 'unix:/run/statsd.sock'\n#   not converted:" in text  # UDP only
+    assert "# dogstatsd_tags = 'env:prod'\n#   forkserve sends plain statsd" in text
+    assert "# enable_backlog_metric = True\n#   the listen queue is a Prometheus metric" in text
 
 
 def test_hooks_are_listed_with_their_lines_and_where_to_move_them(tmp_path: Path) -> None:
