@@ -41,7 +41,14 @@ from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
-from forkserve.worker import BOOT_ERROR_LINE_BREAK, TIMEOUT_SIGNAL, Worker, WorkerState
+from forkserve.worker import (
+    BOOT_ERROR_LINE_BREAK,
+    TIMEOUT_SIGNAL,
+    Worker,
+    WorkerState,
+    open_dump_file,
+    read_dump,
+)
 
 if TYPE_CHECKING:
     from forkserve.metrics import AppMetricsDir, MetricsServer, Snapshot
@@ -390,6 +397,11 @@ class Arbiter:
         if cfg.max_worker_lifetime:
             worker.retire_at = (worker.started_at + cfg.max_worker_lifetime
                                 + random.uniform(0, cfg.max_worker_lifetime_jitter))
+        if cfg.log_format == "json":
+            try:
+                worker.dump_fd = open_dump_file()
+            except OSError as exc:  # no temporary directory: the dump goes unlogged
+                log.warning("Cannot create a stack dump file for the worker: %s", exc)
         self.hooks.call("pre_fork", self, worker)
         if cfg.gc_freeze:
             # The master's objects (and a --preload app) are the worker's from
@@ -413,6 +425,9 @@ class Arbiter:
             if self.reloader is not None:
                 self.reloader.close()
             os.close(self.boot_errors_r)
+            for other in self.workers.values():  # the others' dump files are not its own
+                if other.dump_fd >= 0:
+                    os.close(other.dump_fd)
             if self.metrics is not None:
                 self.metrics.close_in_worker()
             random.seed()
@@ -467,6 +482,8 @@ class Arbiter:
             self.heartbeats.clear_load(worker.slot)  # even a killed worker stops counting
             self.account_exit(worker)
             self.on_worker_exit(worker, status)
+            if worker.dump_fd >= 0:
+                self.log_dump(worker)
             try:
                 self.hooks.call("child_exit", self, worker)
             except HookError:
@@ -515,6 +532,22 @@ class Arbiter:
             log.info("Worker %d %s", worker.pid, how)
         else:
             self.backoff(f"Worker {worker.pid} {how}")
+
+    def log_dump(self, worker: Worker) -> None:
+        """--log-format json: a dump the worker could not log itself, as one record.
+
+        faulthandler writes from C to the worker's dump file; a worker stuck in
+        C until SIGKILL (or killed by SIGSEGV) never runs the Python code that
+        would log it, so the master does, after the reap.
+        """
+        try:
+            dump = read_dump(worker.dump_fd).rstrip()
+        finally:
+            os.close(worker.dump_fd)
+            worker.dump_fd = -1
+        if dump:
+            log.critical("Worker %d: the stacks of its threads (written by faulthandler)",
+                         worker.pid, extra={"stack": dump})
 
     def backoff(self, what: str) -> None:
         """A crash: respawn later, twice as late for each recent crash (up to MAX_BACKOFF)."""

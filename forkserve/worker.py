@@ -123,6 +123,9 @@ class Worker:
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
     stats: StatsTable | None = None  # --metrics-bind: the worker counts into its slot
     statsd: Statsd | None = None  # --statsd-host: the master's socket, inherited
+    # --log-format json: an unlinked file the master opens before fork, where
+    # faulthandler writes a dump; the master logs what is left in it at reap.
+    dump_fd: int = -1
     # Set by the master: why it replaces this worker, as forkserve_worker_restarts_total
     # labels it (timeout, max_requests, max_memory, max_lifetime, reload).
     restart_reason: str = ""
@@ -275,7 +278,6 @@ class WorkerLoop:
                                     cfg.log_format == "json", self.request_id_key)
         self.refusals = RefusalLog(self.access_log)
         self.settings.on_refused = self.report_refusal
-        self.dump_file: Any = None  # --log-format json: where faulthandler writes a dump
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
@@ -354,18 +356,17 @@ class WorkerLoop:
         """Where faulthandler writes: the error log, or with JSON logs a file read back.
 
         With --log-format json a dump of many lines would break the one-object-
-        per-line log, so it goes to an unlinked temporary file and `_on_abort`
-        logs it as one record with the stack in a field. The price: a dump on a
-        crash in C (SIGSEGV), when no Python code runs after it, is not logged.
+        per-line log, so it goes to the unlinked file the master opened for this
+        worker (`Worker.dump_fd`). `_on_abort` logs it as one record with the
+        stack in a field and empties the file; when no Python code runs after
+        the dump (stuck in C until SIGKILL, a SIGSEGV), the master finds it
+        there when it reaps the worker and logs the record itself.
         """
         if self.cfg.log_format != "json":
             return _error_log_fd()
-        if self.dump_file is None:
-            import tempfile
-
-            self.dump_file = tempfile.TemporaryFile()
-        fd: int = self.dump_file.fileno()
-        return fd
+        if self.worker.dump_fd < 0:  # a worker not forked by an Arbiter
+            self.worker.dump_fd = open_dump_file()
+        return self.worker.dump_fd
 
     def _on_timeout(self, signum: int, frame: FrameType | None) -> None:
         # Written with os.write, not the logger: the main thread may have been
@@ -381,9 +382,13 @@ class WorkerLoop:
         # Runs after faulthandler's dump, which names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
-        if self.dump_file is not None:
-            _write_stack_record(f"{_read_dump(self.dump_file.fileno()).rstrip()}\n"
-                                f"Thread names: {names}")
+        if self.cfg.log_format == "json" and self.worker.dump_fd >= 0:
+            fd = self.worker.dump_fd
+            _write_stack_record(f"{read_dump(fd).rstrip()}\nThread names: {names}")
+            try:
+                os.ftruncate(fd, 0)  # logged: the master must not log it again
+            except OSError:
+                pass
         else:
             _write_error_log(f"Thread names: {names}\n")
         self._abort()
@@ -790,7 +795,16 @@ def _error_log_fd() -> int:
     return sys.stderr.fileno()
 
 
-def _read_dump(dump_fd: int) -> str:
+def open_dump_file() -> int:
+    """An unlinked temporary file for faulthandler's dump (--log-format json)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="forkserve-dump-")
+    os.unlink(path)
+    return fd
+
+
+def read_dump(dump_fd: int) -> str:
     """What faulthandler wrote to the --log-format json dump file."""
     try:
         size = os.fstat(dump_fd).st_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -84,6 +85,24 @@ def test_timeout_of_a_worker_stuck_in_c_still_dumps_its_stack_then_kills_it() ->
         assert re.search(r'lifecycle_apps\.py", line \d+ in _app', dump)
         assert "exited with ABORTED" not in dump
         wait_until(lambda: len(booted_pids(s.log)) == 2, what="a replacement")
+
+
+def test_json_logs_keep_the_dump_of_a_worker_stuck_in_c_as_one_record() -> None:
+    # faulthandler writes from C into the worker's dump file; the worker never
+    # runs Python again, so the master logs the dump after reaping it (#14).
+    with serve(APP, "--workers", "1", "--timeout", "1", "--log-format", "json",
+               wait_workers=1) as s:
+        (worker,) = s.worker_pids()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(s.url + "/busy-in-c", timeout=15)
+        s.wait_for_log(rf"Worker {worker} was killed by SIGKILL")
+        s.wait_for_log(r'"stack"')
+        records = [json.loads(line) for line in s.log.splitlines()]  # each line one object
+    dumps = [r for r in records if "stack" in r]
+    assert len(dumps) == 1, dumps
+    assert dumps[0]["message"] == f"Worker {worker}: the stacks of its threads (written by " \
+        "faulthandler)"
+    assert re.search(r'lifecycle_apps\.py", line \d+ in _app', dumps[0]["stack"])
 
 
 def test_boot_timeout_stops_the_master_with_the_import_stack() -> None:
