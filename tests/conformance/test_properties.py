@@ -45,8 +45,9 @@ INTERESTING = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b",", b";", b"
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     hits = tmp_path_factory.mktemp("props") / "hits.log"
     hits.touch()
+    # --no-request-id: the expected environ is the parser's alone, with no id added.
     with serve("hardening_apps:echo", "--workers", "2", "--header-timeout", "2",
-               "--body-timeout", "2", "--limit-request-body", "1048576",
+               "--body-timeout", "2", "--limit-request-body", "1048576", "--no-request-id",
                env={"HARDENING_HITS": str(hits)}, wait_workers=2) as server:
         pids = server.worker_pids()
         yield Target(server, hits)
