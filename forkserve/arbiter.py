@@ -602,16 +602,19 @@ class Arbiter:
             text = os.read(self.notices_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
-            pid, _, reason = line.partition(" ")
+        for line in text.splitlines():  # "PID LABEL REASON" (Worker.report_leaving)
+            pid, _, rest = line.partition(" ")
+            why, _, reason = rest.partition(" ")
             worker = self.workers.get(int(pid)) if pid.isdigit() else None
             if worker is not None:
-                self.mark_leaving(worker, reason)
+                self.mark_leaving(worker, why, reason)
 
-    def mark_leaving(self, worker: Worker, reason: str) -> None:
+    def mark_leaving(self, worker: Worker, why: str, reason: str) -> None:
+        """A worker leaving by itself: replaced now, counted under restart reason `why`."""
         if not worker.retire_reason:
             log.info("Replacing worker %d: %s", worker.pid, reason)
             worker.retire_reason = reason
+            worker.restart_reason = why
 
     def collect_boot_errors(self) -> None:
         try:

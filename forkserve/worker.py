@@ -199,11 +199,15 @@ class Worker:
                 pass
         os._exit(int(code))
 
-    def report_leaving(self, reason: str) -> None:
-        """Tell the master, in one atomic pipe write, that this worker is leaving and why."""
+    def report_leaving(self, why: str, reason: str) -> None:
+        """Tell the master, in one atomic pipe write, that this worker is leaving and why.
+
+        `why` is the restart reason's label (max_requests, max_memory) that
+        forkserve_worker_restarts_total counts; `reason` the same for people.
+        """
         if self.notice_fd < 0:
             return
-        line = f"{os.getpid()} {reason}".encode("utf-8", "replace")[:400] + b"\n"
+        line = f"{os.getpid()} {why} {reason}".encode("utf-8", "replace")[:400] + b"\n"
         try:
             os.write(self.notice_fd, line)
         except OSError:
@@ -602,29 +606,34 @@ class WorkerLoop:
         # accepts, and a new socket may reuse a closed one's fd number.
         self._place(conn)
         if not self.draining and (self.max_requests or self.statm_fd >= 0):
-            reason = self.recycle_reason()
+            why, reason = self.recycle_reason()
             if reason:
-                self.leave(reason)
+                self.leave(why, reason)
 
-    def recycle_reason(self) -> str:
-        """Why this worker should be replaced now ("" = it serves on); after each request."""
+    def recycle_reason(self) -> tuple[str, str]:
+        """Why to replace this worker now: (restart label, text); ("", "") = it serves on.
+
+        Checked after each request.
+        """
         served = self.slot.requests
         if self.max_requests and served >= self.max_requests:
-            return f"served {served} requests (--max-requests {self.max_requests})"
+            return "max_requests", (f"served {served} requests "
+                                    f"(--max-requests {self.max_requests})")
         if self.statm_fd >= 0:
             # One pread of a few bytes from an fd opened at boot: ~2 µs.
             try:
                 resident = int(os.pread(self.statm_fd, 128, 0).split()[1])
             except (OSError, ValueError, IndexError):
-                return ""
+                return "", ""
             if resident > self.max_rss_pages:
                 mib = resident * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-                return f"uses {mib:.0f} MiB (--max-worker-memory {self.cfg.max_worker_memory})"
-        return ""
+                return "max_memory", (f"uses {mib:.0f} MiB "
+                                      f"(--max-worker-memory {self.cfg.max_worker_memory})")
+        return "", ""
 
-    def leave(self, reason: str) -> None:
+    def leave(self, why: str, reason: str) -> None:
         """Recycle: take no new request, tell the master (it starts a replacement), drain."""
-        self.worker.report_leaving(reason)
+        self.worker.report_leaving(why, reason)
         self.start_draining()
 
     def keep(self, conn: Connection) -> None:
