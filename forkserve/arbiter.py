@@ -36,6 +36,7 @@ from forkserve.heartbeat import Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
+from forkserve.parser import describe as describe_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
@@ -185,6 +186,9 @@ class Arbiter:
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
         log.info("Using worker: sync")
+        # Also imports httptools when it serves: its pages are then shared by
+        # every worker, like ssl's (share_common_modules).
+        log.info("Using parser: %s", describe_parser(self.cfg.http))
         self.signals = SignalQueue(MASTER_SIGNALS)
         if self.cfg.reload:
             # Imported only here: it loads ctypes (and subprocess), ~10 ms of
@@ -536,9 +540,12 @@ class Arbiter:
         self.hooks.call("on_reload", self)
         try:
             cfg = self.reload_config()
+            parser = describe_parser(cfg.http)  # a missing httptools fails here, not at fork
         except ForkserveError as exc:
             log.error("Reload failed, the current workers keep serving: %s", exc)
             return
+        if cfg.http != self.cfg.http:
+            log.info("Using parser: %s", parser)
         if cfg.bind != self.cfg.bind:
             log.warning("--bind changed; a reload keeps the listening sockets (USR2 or a "
                         "restart binds the new addresses)")

@@ -42,7 +42,7 @@ from forkserve.http import (
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
-from forkserve.parser import HeadParser, RequestHead, parse_h11
+from forkserve.parser import HeadParser, RequestHead, head_parser, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
 from forkserve.response import ResponseWriter, error_response
 from forkserve.tls import make_context
@@ -654,7 +654,11 @@ def _wait(fd: int, events: int, deadline: float) -> bool:
 
 
 def settings_from(cfg: Config) -> Settings:
-    """A worker's connection settings, built once after fork from its config."""
+    """A worker's connection settings, built once after fork from its config.
+
+    The parser is picked here, once per worker: ConfigError if `--http
+    httptools` and httptools went missing since the master checked.
+    """
     tls = None
     if cfg.certfile:
         tls = make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
@@ -674,4 +678,5 @@ def settings_from(cfg: Config) -> Settings:
         forwarded=AllowList(cfg.forwarded_allow_ips),
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
+        parse_head=head_parser(cfg.http),
     )
