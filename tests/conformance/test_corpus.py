@@ -75,6 +75,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, http_parser: str) -> Iterat
     hits.touch()
     with serve("hardening_apps:echo", *SERVER_ARGS, env={"HARDENING_HITS": str(hits)},
                wait_workers=2, http=http_parser) as server:
+        assert f"Using parser: {http_parser} " in server.log
         pids = server.worker_pids()
         yield Target(server, hits)
         # The same two workers served the whole corpus, without a traceback.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
@@ -89,3 +91,18 @@ def test_the_log_names_the_parser_and_its_version(args: tuple[str, ...], env: di
         assert requests.get(server.url + "/hello", timeout=5).status_code == 200
         log = server.log
     assert f"Using parser: {expected} {version}\n" in log
+
+
+def test_a_reload_can_change_the_parser(tmp_path: Path) -> None:
+    """HUP re-reads the config file: the new generation serves with the new parser."""
+    httptools = pytest.importorskip("httptools")
+    (tmp_path / "forkserve.toml").write_text('http = "h11"\n')
+    server = Server("core_apps:app", cwd=tmp_path)
+    server.env.pop("FORKSERVE_TEST_HTTP", None)
+    with server:
+        assert "Using parser: h11 " in server.log
+        (tmp_path / "forkserve.toml").write_text('http = "httptools"\n')
+        server.send_signal(signal.SIGHUP)
+        server.wait_for_log(f"Using parser: httptools {httptools.__version__}\n")
+        server.wait_for_log("generation 2 is serving")
+        assert requests.get(server.url + "/hello", timeout=5).status_code == 200
