@@ -2,11 +2,14 @@
 
     git worktree add /tmp/fs-old <commit>
     python -m benchmarks.ab /tmp/fs-old [--app hello|flask] [--close] [--pairs 4]
+                                       [--server forkserve|forkserve-httptools]
 
 Each pair starts the other tree's server, loads it with wrk, stops it, then
 does the same for this tree, so drift of a shared machine hits both alike.
 Prints requests/s per pair and the median ratio (this tree / other tree).
-Both trees are byte-compiled first (`run.byte_compile`).
+Both trees are byte-compiled first (`run.byte_compile`). `--server` is the
+suite's row to start (`--http h11` or `--http httptools`): both trees must
+know `--http` (the parser seam, issue 13, and later).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from benchmarks import servers, wrk
 from benchmarks.run import APPS, WORK_DIR, byte_compile
 
 
-def requests_per_second(tree: Path, app: str, close: bool, duration_s: int) -> float:
+def requests_per_second(tree: Path, app: str, close: bool, duration_s: int,
+                        server: str = "forkserve") -> float:
     """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid."""
-    running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree)
+    running = servers.start(servers.SERVERS[server], app, 2, WORK_DIR, tree=tree)
     try:
         numbers = wrk.run_wrk(running.port, wrk.WrkRequest(close=close), connections=50,
                               duration_s=duration_s, threads=1, script_dir=WORK_DIR)
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close", action="store_true", help="Connection: close requests")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--server", choices=["forkserve", "forkserve-httptools"],
+                        default="forkserve", help="the row to start: --http h11 or httptools")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "forkserve" / "__init__.py").exists():
@@ -50,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     ratios = []
     for _ in range(args.pairs):
-        theirs = requests_per_second(other, APPS[args.app], args.close, args.duration)
-        ours = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close, args.duration)
+        theirs = requests_per_second(other, APPS[args.app], args.close, args.duration,
+                                     args.server)
+        ours = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close, args.duration,
+                                   args.server)
         ratios.append(ours / theirs)
         print(f"other {theirs:9,.0f}  this {ours:9,.0f}  ratio {ours / theirs:.3f}", flush=True)
     print(f"median ratio (this / other): {statistics.median(ratios):.3f}")
