@@ -2,7 +2,7 @@
 
 `http_parser` runs a module's server under each request parser (--http h11
 and --http httptools): the request-path tests take it, lifecycle tests do not.
-FORKSERVE_TEST_HTTP=h11 (or httptools) runs every other server of the suite
+TEST_FORKSERVE_HTTP=h11 (or httptools) runs every other server of the suite
 under that parser too (`tests.support.Server`).
 """
 

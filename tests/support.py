@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 LISTEN_RE = re.compile(r"Listening at: (\S+)")
 BOOT_DEADLINE = 20.0
-TEST_HTTP_ENV = "FORKSERVE_TEST_HTTP"
+# Not FORKSERVE_*: the servers inherit the environment, and forkserve refuses
+# FORKSERVE_ variables that are not settings.
+TEST_HTTP_ENV = "TEST_FORKSERVE_HTTP"
 
 
 class Server:
@@ -44,7 +46,7 @@ class Server:
         self.app = app
         self.args = list(args)
         # The request parser (--http): a parametrised fixture's (`http_parser`),
-        # else FORKSERVE_TEST_HTTP to run every server under one parser, else
+        # else TEST_FORKSERVE_HTTP to run every server under one parser, else
         # the server's own default (auto).
         http = http or os.environ.get(TEST_HTTP_ENV) or None
         if http:
