@@ -60,7 +60,8 @@ class _Fields:
     """httptools' callbacks object: collects what one head holds.
 
     The head is fed whole, so llhttp reports the target and each field in one
-    call each (it splits a span only at the end of a feed).
+    call each (it splits a span only at the end of a feed). One per worker,
+    reset before each head (`reset`): the worker parses one head at a time.
     """
 
     __slots__ = ("target", "headers", "complete")
@@ -69,6 +70,14 @@ class _Fields:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+
+    def reset(self) -> list[tuple[bytes, bytes]]:
+        """Forget the last head; returns the new head's (empty) list of fields."""
+        self.target = b""
+        self.complete = False
+        headers: list[tuple[bytes, bytes]] = []
+        self.headers = headers
+        return headers
 
     def on_url(self, url: bytes) -> None:
         self.target += url
@@ -91,20 +100,23 @@ class _Fields:
 def httptools_parser() -> HeadParser:
     """The httptools adapter; imports httptools (ImportError when it is not installed).
 
-    A new llhttp parser and callbacks object per head: 0.6 µs of the 2-3 µs
-    a head takes (measured). Reusing one would save only that, and is safe
-    only after a complete keep-alive message: after `Connection: close`, an
-    upgrade or an error llhttp refuses more input, and a head that announces
-    a body leaves it waiting for the body.
+    A new llhttp parser per head (0.4 µs of the 2-3 µs a head takes,
+    measured): reusing one is safe only after a complete keep-alive message
+    (after `Connection: close`, an upgrade or an error llhttp refuses more
+    input, and a head that announces a body leaves it waiting for the body).
+    The callbacks object is kept and reset, which is always safe and saved
+    0.19 µs a head (5%, interleaved `timeit`).
     """
     import httptools
 
     new_parser = httptools.HttpRequestParser
     parser_error = httptools.HttpParserError
     upgrade = httptools.HttpParserUpgrade
+    fields = _Fields()
+    versions = {"1.1": b"1.1", "1.0": b"1.0"}  # the pre-check lets no other through
 
     def parse_httptools(head: bytes) -> RequestHead:
-        fields = _Fields()
+        headers = fields.reset()
         parser = new_parser(fields)
         try:
             parser.feed_data(head)
@@ -114,8 +126,9 @@ def httptools_parser() -> HeadParser:
             raise HTTPError(400, f"httptools: {exc}") from None
         if not fields.complete:
             raise HTTPError(400, "httptools: incomplete request head")
+        version = parser.get_http_version()
         return RequestHead(parser.get_method(), fields.target,
-                           parser.get_http_version().encode("ascii"), fields.headers)
+                           versions.get(version) or version.encode("ascii"), headers)
 
     return parse_httptools
 
