@@ -61,7 +61,7 @@ class _Fields:
 
     The head is fed whole, so llhttp reports the target and each field in one
     call each (it splits a span only at the end of a feed). One per worker,
-    reset before each head (`reset`): the worker parses one head at a time.
+    reset before each head: the worker parses one head at a time.
     """
 
     __slots__ = ("target", "headers", "complete")
@@ -70,14 +70,6 @@ class _Fields:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
-
-    def reset(self) -> list[tuple[bytes, bytes]]:
-        """Forget the last head; returns the new head's (empty) list of fields."""
-        self.target = b""
-        self.complete = False
-        headers: list[tuple[bytes, bytes]] = []
-        self.headers = headers
-        return headers
 
     def on_url(self, url: bytes) -> None:
         self.target += url
@@ -116,7 +108,11 @@ def httptools_parser() -> HeadParser:
     versions = {"1.1": b"1.1", "1.0": b"1.0"}  # the pre-check lets no other through
 
     def parse_httptools(head: bytes) -> RequestHead:
-        headers = fields.reset()
+        # Reset inline: a method call would cost a tenth of what reuse saves.
+        fields.target = b""
+        fields.complete = False
+        headers: list[tuple[bytes, bytes]] = []
+        fields.headers = headers
         parser = new_parser(fields)
         try:
             parser.feed_data(head)
