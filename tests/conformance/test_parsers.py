@@ -221,3 +221,15 @@ def test_methods_are_what_llhttp_knows() -> None:
             continue
         accepted.add(method)
     assert accepted == METHODS
+
+
+def test_the_adapter_keeps_nothing_from_one_head_to_the_next() -> None:
+    """One callbacks object serves every head of a worker: a refused head, a head
+    with more fields, and an earlier result must not leak into the next."""
+    first = PARSE_HTTPTOOLS(b"GET /a HTTP/1.1\r\nHost: a\r\nX: 1\r\nY: 2\r\n\r\n")
+    with pytest.raises(HTTPError):
+        PARSE_HTTPTOOLS(b"GET /b HTTP/1.1\r\nHost: b\r\nBad Name: 3\r\n\r\n")
+    second = PARSE_HTTPTOOLS(b"POST /c HTTP/1.0\r\nZ: 4\r\n\r\n")
+    assert second == parse_h11(b"POST /c HTTP/1.0\r\nZ: 4\r\n\r\n")
+    assert second.headers == [(b"Z", b"4")] and second.target == b"/c"
+    assert first.headers == [(b"Host", b"a"), (b"X", b"1"), (b"Y", b"2")]
