@@ -36,8 +36,8 @@ httptools = pytest.importorskip("httptools", reason="the fast extra is not insta
 PARSE_HTTPTOOLS = httptools_parser()
 PARSERS: dict[str, HeadParser] = {"h11": parse_h11, "httptools": PARSE_HTTPTOOLS}
 
-# The limits of tests/conformance/test_corpus.py's server.
 DEFAULT_LIMITS = Limits()
+# The limits of tests/conformance/test_corpus.py's server.
 CORPUS_LIMITS = Limits(request_line=256, fields=20, field_size=256, head=2048, body=64)
 EXAMPLES = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
