@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import faulthandler
 import gc
+import logging
 import os
 import select
 import signal
@@ -34,18 +36,21 @@ import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config
-from forkserve.connection import Connection, RequestHooks, State, settings_from
+from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
-from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.log import AccessLog, ErrorStream, JsonFormatter, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
-from forkserve.response import ResponseWriter
+from forkserve.requestid import IdSource, environ_key, with_request_id
+from forkserve.response import REASONS, ResponseWriter, error_response
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
+from forkserve.stats import NO_RESPONSE, StatsTable, StatsWriter
+from forkserve.statsd import Statsd
 from forkserve.wsgi import FileWrapper
 
 WORKER_SIGNALS = (
@@ -55,6 +60,11 @@ WORKER_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGHUP,
 )
+# The master's --timeout (and --boot-timeout) signal, sent first: a Python
+# handler dumps every thread's stack with source lines, answers 500 if the
+# request in the app has sent nothing yet, and exits. If it never runs (the
+# worker is stuck in C), SIGABRT follows and faulthandler dumps from C.
+TIMEOUT_SIGNAL = signal.SIGUSR2
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
 ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
@@ -65,6 +75,13 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # (WorkerLoop.balance).
 BALANCE_SLACK = 1
 BALANCE_RECHECK_S = 0.01
+# Out of descriptors in accept (EMFILE/ENFILE): the listener stays readable,
+# so retrying at once is a busy loop (measured: two workers wrote 93,000
+# lines in 3 s under a 64-descriptor limit). The worker leaves the accept
+# queue for a pause that doubles up to the maximum while the failures go on,
+# and reports at most once a second.
+ACCEPT_PAUSE_FIRST = 0.05
+ACCEPT_PAUSE_MAX = 1.0
 
 
 class WorkerState(enum.Enum):
@@ -100,9 +117,18 @@ class Worker:
     retire_reason: str = ""
     boot_failure: str = ""  # set by the master when it gave up waiting for the boot
     kill_at: float = 0.0  # master: SIGKILL at this monotonic time (0 = no deadline)
+    dump_at: float = 0.0  # master: SIGABRT (faulthandler's dump) at this time (0 = none)
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
+    stats: StatsTable | None = None  # --metrics-bind: the worker counts into its slot
+    statsd: Statsd | None = None  # --statsd-host: the master's socket, inherited
+    # --log-format json: an unlinked file the master opens before fork, where
+    # faulthandler writes a dump; the master logs what is left in it at reap.
+    dump_fd: int = -1
+    # Set by the master: why it replaces this worker, as forkserve_worker_restarts_total
+    # labels it (timeout, max_requests, max_memory, max_lifetime, reload).
+    restart_reason: str = ""
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -123,6 +149,13 @@ class Worker:
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+            if loop is not None and loop.booted and code != WorkerExit.OK:
+                # The boot codes tell the master to give up on the pool: only a
+                # worker that never served may use them. A sys.exit() after boot
+                # (a hook, a thread's excepthook) is a crash, respawned as one.
+                log.critical("worker exited with status %s after booting:\n%s",
+                             exc.code, traceback.format_exc())
+                code = WorkerExit.CRASHED
         except BaseException as exc:
             if loop is not None and loop.booted:
                 log.critical("worker crashed:\n%s", traceback.format_exc())
@@ -149,31 +182,48 @@ class Worker:
         if self.boot_error_fd < 0:
             log.error("%s", message)
             return
-        line = f"{os.getpid()} {message}".encode("utf-8", "replace")[:4000] + b"\n"
+        # One line per worker on the pipe: a message's own line breaks (the
+        # traceback of an app that failed to import) travel as RS characters.
+        text = f"{os.getpid()} {message}".replace("\n", BOOT_ERROR_LINE_BREAK)
+        line = text.encode("utf-8", "replace")[:4000] + b"\n"
         try:
             os.write(self.boot_error_fd, line)
         except OSError:
             log.error("%s", message)
 
 
-class _Hooks(RequestHooks):
-    """Around each request: heartbeat bookkeeping, then the user's post_request hook."""
+BOOT_ERROR_LINE_BREAK = "\x1e"  # ASCII record separator: never in a message
 
-    def __init__(self, worker: Worker, slot: SlotWriter) -> None:
+
+class _Hooks(RequestHooks):
+    """Around each request: heartbeat, statistics, then the user's post_request hook."""
+
+    def __init__(self, worker: Worker, slot: SlotWriter, stats: StatsWriter | None) -> None:
         self.worker = worker
         self.slot = slot
+        self.stats = stats
+        self.statsd = worker.statsd
         self.hooks = worker.hooks
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
+        self.started_at = 0.0
 
     def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)
         self.req = None
+        self.started_at = now
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         self.slot.request_finished(now)
+        if self.stats is not None:
+            self.stats.request_finished(environ["REQUEST_METHOD"], writer.status,
+                                        now - self.started_at)
+        if self.statsd is not None:
+            status = writer.status[:3]
+            self.statsd.request(int(status) if status.isdigit() else NO_RESPONSE,
+                                now - self.started_at)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
@@ -210,7 +260,8 @@ class WorkerLoop:
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.hooks = _Hooks(worker, self.slot)
+        self.stats = worker.stats.writer(worker.slot) if worker.stats is not None else None
+        self.hooks = _Hooks(worker, self.slot, self.stats)
         self.name = cfg.proc_name or cfg.app
         self.title_requests = -1
         self.title_at = 0.0
@@ -219,9 +270,14 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.conns: dict[int, Connection] = {}
+        self.current: Connection | None = None  # the one running the app, for _abort
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
-        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
+        self.request_id_key = environ_key(cfg.request_id_header) if cfg.request_id else None
+        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat,
+                                    cfg.log_format == "json", self.request_id_key)
+        self.refusals = RefusalLog(self.access_log)
+        self.settings.on_refused = self.report_refusal
         self.errors = ErrorStream()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
@@ -235,6 +291,12 @@ class WorkerLoop:
         self.last_eviction_log = 0.0
         self.peers = worker.heartbeat.peers(worker.slot)
         self.aside = False  # out of the accept queue: the listeners are not in the epoll set
+        self.fd_shortage = AcceptBackoff()  # out of the accept queue while short of descriptors
+        self.listening = False  # the listeners are in the epoll set
+        # A descriptor kept in reserve: when accept fails for want of one, it
+        # is closed so that one waiting client can be told why (503), then
+        # taken again (the "reserve descriptor" trick of nginx and libuv users).
+        self.spare_fd = -1
         self.recheck_at = 0.0  # while aside: when to look at the others' loads again
         # Connections that stay open across requests: kept open after a
         # response, or whose first request asks for keep-alive. Only these
@@ -250,6 +312,8 @@ class WorkerLoop:
             app = loader.load_app(self.cfg.app)
         app = self.hooks.wrap(app)
         app = with_health_path(app, self.cfg.health_path, lambda: self.draining)
+        if self.cfg.request_id:  # outermost: hooks, app, response and access log share it
+            app = with_request_id(app, self.cfg.request_id_header, IdSource())
         for listener in self.worker.listeners:
             sock = listener.sock
             sock.setblocking(False)
@@ -258,7 +322,8 @@ class WorkerLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
-            self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
+        self._listen(True)
+        self.spare_fd = _open_spare()
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
         self.worker.hooks.call("post_worker_init", self.worker)
         if self.cfg.gc_freeze:
@@ -270,32 +335,86 @@ class WorkerLoop:
         return app
 
     def install_abort_handler(self) -> None:
-        """SIGABRT (the master's --timeout, or an operator): dump every thread's stack, exit.
+        """TIMEOUT_SIGNAL, then SIGABRT: dump every thread's stack, answer if possible, exit.
 
-        faulthandler writes the stacks from C, straight to the error log's fd, so
-        it works even when the app is stuck where no Python signal handler would
-        run (a long C call that never returns to the interpreter). It then restores
-        and re-raises to the handler installed before it, our Python one, which
-        runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
-        SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
+        The master's timeout sends TIMEOUT_SIGNAL first. Its handler is Python:
+        it runs in the main thread as soon as the interpreter gets control back
+        (a `time.sleep`, a socket wait and any Python code do), so it can print
+        the stacks as a Python traceback with source lines and still answer the
+        client. Code stuck in C never gives control back: for that the master
+        sends SIGABRT a moment later, and faulthandler writes the stacks from C,
+        straight to the error log's fd, then re-raises to our Python handler
+        (which runs if the C call ever returns). An operator's SIGABRT takes
+        that second path. (`enable()` also dumps on SIGSEGV, SIGBUS, SIGFPE and
+        SIGILL: a crashing C extension leaves a trace too.)
         """
+        signal.signal(TIMEOUT_SIGNAL, self._on_timeout)
         signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
-        faulthandler.enable(file=_error_log_fd(), all_threads=True)
+        faulthandler.enable(file=self._dump_fd(), all_threads=True)
+
+    def _dump_fd(self) -> int:
+        """Where faulthandler writes: the error log, or with JSON logs a file read back.
+
+        With --log-format json a dump of many lines would break the one-object-
+        per-line log, so it goes to the unlinked file the master opened for this
+        worker (`Worker.dump_fd`). `_on_abort` logs it as one record with the
+        stack in a field and empties the file; when no Python code runs after
+        the dump (stuck in C until SIGKILL, a SIGSEGV), the master finds it
+        there when it reaps the worker and logs the record itself.
+        """
+        if self.cfg.log_format != "json":
+            return _error_log_fd()
+        if self.worker.dump_fd < 0:  # a worker not forked by an Arbiter
+            self.worker.dump_fd = open_dump_file()
+        return self.worker.dump_fd
+
+    def _on_timeout(self, signum: int, frame: FrameType | None) -> None:
+        # Written with os.write, not the logger: the main thread may have been
+        # interrupted inside a logging call, holding the handler's lock.
+        stacks = python_stacks(frame)
+        if self.cfg.log_format == "json":
+            _write_stack_record(stacks.rstrip())  # one record, as the SIGABRT dump
+        else:
+            _write_error_log(stacks)
+        self._abort()
 
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
-        # A Python-level handler: it runs in the main thread between bytecodes,
-        # after faulthandler's dump. That dump names threads by id only: add names.
+        # Runs after faulthandler's dump, which names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
-        try:
-            os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
-        except OSError:
-            pass
+        if self.cfg.log_format == "json" and self.worker.dump_fd >= 0:
+            fd = self.worker.dump_fd
+            _write_stack_record(f"{read_dump(fd).rstrip()}\nThread names: {names}")
+            try:
+                os.ftruncate(fd, 0)  # logged: the master must not log it again
+            except OSError:
+                pass
+        else:
+            _write_error_log(f"Thread names: {names}\n")
+        self._abort()
+
+    def _abort(self) -> None:
+        """End the worker from a signal handler: answer the request in flight, then exit."""
+        conn = self.current
+        if conn is not None:
+            conn.answer_timeout()  # 500 if nothing of its response went out, else a close
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()
         finally:
             os._exit(WorkerExit.ABORTED)
+
+    def report_refusal(self, refusal: Refusal) -> None:
+        """A request refused before the app: counted (--metrics-bind), then logged.
+
+        The one `on_refused` callback of the worker's connections: the access
+        log and a rate-limited reason (RefusalLog), and the rejected-requests
+        counter of the worker's statistics slot.
+        """
+        if self.stats is not None:
+            self.stats.rejected(refusal.status)
+        self.refusals.record(refusal.status, REASONS.get(refusal.status, "Error"),
+                             refusal.detail, refusal.peer, refusal.request_line, refusal.sent)
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:
@@ -318,6 +437,8 @@ class WorkerLoop:
                 timeout = 0.0
             elif self.aside:
                 timeout = min(TICK, max(0.0, self.recheck_at - now))
+            elif self.fd_shortage.paused:
+                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
             else:
                 timeout = TICK
             try:
@@ -343,10 +464,15 @@ class WorkerLoop:
                     self.run(conn, app)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
+            if self.fd_shortage.paused and now >= self.fd_shortage.until:
+                self.fd_shortage.paused = False
+                self._listen(not self.aside)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
+                if self.stats is not None:
+                    self.count_connections()
                 # Loads change as the others' clients come and go. While aside,
                 # the recheck above already looks every BALANCE_RECHECK_S.
                 if not self.aside:
@@ -366,6 +492,18 @@ class WorkerLoop:
             conn.close()
         return WorkerExit.OK
 
+    def count_connections(self) -> None:
+        """--metrics-bind: publish how many connections idle and how many are arriving."""
+        idle = reading = 0
+        for conn in self.conns.values():
+            if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf
+                                            and conn.requests):
+                idle += 1
+            elif conn.state in (State.HEAD, State.BODY, State.READY):
+                reading += 1  # (CLOSING: answered with an error, lingering to close)
+        assert self.stats is not None
+        self.stats.connections(idle, reading)
+
     def update_title(self, now: float) -> None:
         """Show the request count in the process title, at most once per TITLE_INTERVAL."""
         requests = self.slot.requests
@@ -375,7 +513,9 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
+        self.current = conn
         conn.run(app, self.access_log, self.hooks)
+        self.current = None
         if conn.requests == 1 and conn.state is not State.CLOSED:
             self.kept.add(conn.fd)
         self._place(conn)
@@ -399,8 +539,12 @@ class WorkerLoop:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._short_of_descriptors(listener, now, exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 break
+            self.fd_shortage.succeeded()
             sock.setblocking(False)
             peer: tuple[str, int] | None = None
             if sock.family != socket.AF_UNIX:
@@ -446,15 +590,37 @@ class WorkerLoop:
         if len(self.kept) > BALANCE_SLACK:
             fewest = self.peers.fewest(now)
             ahead = fewest is not None and len(self.conns) > fewest + BALANCE_SLACK
-        if ahead and not self.aside:
-            for fd in self.listen_socks:
-                self.epoll.unregister(fd)
-        elif self.aside and not ahead:
-            # Back at the tail of the queue, behind the workers that stayed.
-            for fd in self.listen_socks:
-                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+        # Back in: at the tail of the queue, behind the workers that stayed.
+        self._listen(not ahead and not self.fd_shortage.paused)
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
+
+    def _listen(self, want: bool) -> None:
+        """Put the listeners in the epoll set (join the accept queue) or take them out."""
+        if want == self.listening:
+            return
+        for fd in self.listen_socks:
+            if want:
+                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.epoll.unregister(fd)
+        self.listening = want
+
+    def _short_of_descriptors(self, listener: socket.socket, now: float,
+                              exc: OSError) -> None:
+        """accept() failed with EMFILE/ENFILE: tell one client why, then pause accepting.
+
+        The connections waiting in the backlog stay there (or go to a worker
+        that has descriptors) until this worker frees some: nothing is lost
+        by waiting, and the pause ends by itself.
+        """
+        if self.spare_fd >= 0:
+            os.close(self.spare_fd)
+            self.spare_fd = -1
+            _refuse_one(listener)
+            self.spare_fd = _open_spare()
+        self.fd_shortage.failed(now, exc, len(self.conns))
+        self._listen(False)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
@@ -501,9 +667,9 @@ class WorkerLoop:
                 self.worker.hooks.call("worker_int", self.worker)
                 self.alive = False
             elif sig == signal.SIGUSR1:
-                setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
+                setup_error_log(self.cfg.error_logfile, self.cfg.log_level, self.cfg.log_format)
                 self.access_log.reopen()
-                faulthandler.enable(file=_error_log_fd(), all_threads=True)
+                faulthandler.enable(file=self._dump_fd(), all_threads=True)
 
     def start_draining(self) -> None:
         """Graceful stop: serve what was already accepted, close idle connections, exit."""
@@ -519,9 +685,9 @@ class WorkerLoop:
         # socket stays open in the other workers, which serve what arrives later.
         for fd in list(self.listen_socks):
             self.accept(fd, now, batch=max(0, self.cfg.worker_connections - len(self.conns)))
-            if not self.aside:
-                self.epoll.unregister(fd)
-            self.listen_socks[fd][0].close()
+        self._listen(False)
+        for sock, _base in self.listen_socks.values():
+            sock.close()
         self.listen_socks.clear()
         self.aside = False
         # Close only connections idle between requests. One just accepted whose
@@ -531,6 +697,89 @@ class WorkerLoop:
             idle_between = conn.state is State.HEAD and not conn.buf and conn.requests > 0
             if conn.state is State.IDLE or idle_between:
                 self._forget(conn)
+
+
+class AcceptBackoff:
+    """Pausing accept() while the process is out of descriptors (worker, post-fork)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.until = 0.0  # monotonic end of the current pause
+        self.pause = 0.0  # length of the last pause: doubles while failures go on
+        self.reported_at = 0.0
+        self.unreported = 0  # failures since the last log line
+
+    def failed(self, now: float, exc: OSError, open_conns: int) -> None:
+        self.pause = min(ACCEPT_PAUSE_MAX, self.pause * 2 or ACCEPT_PAUSE_FIRST)
+        self.paused, self.until = True, now + self.pause
+        self.unreported += 1
+        if now - self.reported_at >= 1.0:
+            log.warning(
+                "accept failed: %s (%d times since the last report; %d connections open); "
+                "not accepting for %.2fs (raise the descriptor limit, `ulimit -n`, or lower "
+                "--worker-connections)", exc.strerror or exc, self.unreported, open_conns,
+                self.pause)
+            self.reported_at, self.unreported = now, 0
+
+    def succeeded(self) -> None:
+        self.pause = 0.0
+
+
+def _open_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # none to spare now: taken again at the next shortage
+
+
+def _refuse_one(listener: socket.socket) -> None:
+    """Accept one waiting connection with the spare descriptor, answer 503, close it."""
+    try:
+        sock, _addr = listener.accept()
+    except OSError:
+        return
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)  # what already came: closing with it unread would send RST
+        except OSError:
+            pass
+        sock.send(error_response(503, body=OUT_OF_DESCRIPTORS))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+OUT_OF_DESCRIPTORS = b"503 Service Unavailable\nThe server is out of file descriptors; retry.\n"
+
+
+def python_stacks(interrupted: FrameType | None) -> str:
+    """Every thread's Python stack, with source lines, as `traceback` prints them.
+
+    `interrupted` is the main thread's frame where the signal arrived: the
+    handler's own frames above it are left out.
+    """
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    out = ["Python stacks of the worker's threads (most recent call last):\n"]
+    for ident, frame in sys._current_frames().items():
+        if ident == main and interrupted is not None:
+            frame = interrupted
+        out.append(f"\nThread {names.get(ident, '?')} (0x{ident:016x}):\n")
+        out.extend(traceback.format_stack(frame))
+    return "".join(out)
+
+
+def _write_error_log(text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    fd = _error_log_fd()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def _error_log_fd() -> int:
@@ -544,3 +793,34 @@ def _error_log_fd() -> int:
             except (AttributeError, OSError, ValueError):
                 continue
     return sys.stderr.fileno()
+
+
+def open_dump_file() -> int:
+    """An unlinked temporary file for faulthandler's dump (--log-format json)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="forkserve-dump-")
+    os.unlink(path)
+    return fd
+
+
+def read_dump(dump_fd: int) -> str:
+    """What faulthandler wrote to the --log-format json dump file."""
+    try:
+        size = os.fstat(dump_fd).st_size
+        return os.pread(dump_fd, size, 0).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _write_stack_record(stack: str) -> None:
+    """--log-format json: a worker's thread stacks as one error-log record.
+
+    Runs in a signal handler (TIMEOUT_SIGNAL or SIGABRT): the record is
+    formatted here and written with os.write, never through a logging
+    handler, whose lock the interrupted code may hold.
+    """
+    record = logging.LogRecord(log.name, logging.CRITICAL, __file__, 0,
+                               "Worker %d: the stacks of its threads", (os.getpid(),), None)
+    record.stack = stack
+    _write_error_log(JsonFormatter().format(record) + "\n")
