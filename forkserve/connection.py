@@ -38,6 +38,7 @@ from forkserve.http import (
     HeadFacts,
     LengthDecoder,
     Limits,
+    as_http11,
     check_first_byte,
     check_head,
     find_head_end,
@@ -320,11 +321,12 @@ class Connection:
             head = bytes(buf[:end])  # a whole bytes object is not copied
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
-            event = self.settings.parse_head(head)
-            if facts.http11 and event.http_version != b"1.1":
+            if facts.http11:
                 # HTTP/1.2 and up (RFC 9110 §2.5): served as HTTP/1.1, and the
-                # app is told so (SERVER_PROTOCOL, docs/security.md).
-                event = event._replace(http_version=b"1.1")
+                # app is told so (SERVER_PROTOCOL, docs/security.md). Rewritten
+                # before the parser, so h11 and httptools answer alike.
+                head = as_http11(head)
+            event = self.settings.parse_head(head)
             self.buf = bytearray()
             self.scan = 0
             self.line_judged = False

@@ -297,6 +297,21 @@ def check_head(head: bytes, limits: Limits) -> HeadFacts:
                      keep_alive)
 
 
+def as_http11(head: bytes) -> bytes:
+    """`head` (checked, HTTP/1.1 or later 1.x) with its version as served: HTTP/1.1.
+
+    RFC 9110 §2.5: HTTP/1.2 and up are handled as HTTP/1.1. The head is
+    rewritten before either parser sees it, so both give the same answer: h11
+    would pass `1.2` through to the environ, llhttp refuses it ("Invalid HTTP
+    version"). check_head has proved the version is the request line's last
+    8 bytes.
+    """
+    end = head.index(b"\r\n")
+    if head[end - 8 : end] == b"HTTP/1.1":
+        return head
+    return head[: end - 8] + b"HTTP/1.1" + head[end:]
+
+
 def _http11(version: bytes) -> bool:
     """True for HTTP/1.1 (and a later 1.x), False for HTTP/1.0; raise for the rest."""
     if version == b"HTTP/1.1":

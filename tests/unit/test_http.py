@@ -13,6 +13,7 @@ from forkserve.http import (
     ChunkedDecoder,
     LengthDecoder,
     Limits,
+    as_http11,
     check_first_byte,
     check_head,
     check_trailers,
@@ -448,3 +449,16 @@ def test_tls_gets_a_body_that_says_what_is_wrong() -> None:
 ])
 def test_request_line_of_a_refused_head(raw: bytes, expected: object) -> None:
     assert request_line_of(raw, LIMITS) == expected
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_later_http1_minor_is_rewritten_to_1_1_before_any_parser(version: bytes) -> None:
+    # llhttp refuses HTTP/1.2 and h11 passes it through: rewritten, both see 1.1.
+    raw = head(b"GET /a?HTTP/1.2 " + version, "Host: a", "X-V: HTTP/1.2")
+    assert check_head(raw, LIMITS).http11
+    assert as_http11(raw) == head("GET /a?HTTP/1.2 HTTP/1.1", "Host: a", "X-V: HTTP/1.2")
+
+
+def test_http11_head_is_not_copied() -> None:
+    raw = head("GET / HTTP/1.1", "Host: a")
+    assert as_http11(raw) is raw
