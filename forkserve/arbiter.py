@@ -38,6 +38,7 @@ from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
 from forkserve.parser import describe as describe_parser
+from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
@@ -262,7 +263,7 @@ class Arbiter:
             if worker.state is not WorkerState.KILLED:
                 states[worker.state.value] += 1
         return Snapshot(totals, states, self.restarts, listen_queues(self.listeners),
-                        __version__, str(getattr(self.cfg, "http", "h11")))
+                        __version__, resolve_parser(self.cfg.http))  # what serves, not "auto"
 
     def next_wakeup(self) -> float:
         """Until the next heartbeat check, or sooner when a respawn after back-off is due."""
