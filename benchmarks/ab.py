@@ -2,12 +2,15 @@
 
     git worktree add /tmp/fs-old <commit>
     python -m benchmarks.ab /tmp/fs-old [--app hello|flask] [--close] [--pairs 4]
+                                       [--server forkserve|forkserve-httptools]
     python -m benchmarks.ab . --this-args "--metrics-bind 127.0.0.1:0"
 
 Each pair starts the other tree's server, loads it with wrk, stops it, then
 does the same for this tree, so drift of a shared machine hits both alike.
 Prints requests/s per pair and the median ratio (this tree / other tree).
-Both trees are byte-compiled first (`run.byte_compile`). `--this-args` and
+Both trees are byte-compiled first (`run.byte_compile`). `--server` is the
+suite's row to start (`--http h11` or `--http httptools`): both trees must
+know `--http` (the parser seam, issue 13, and later). `--this-args` and
 `--other-args` add flags to either side's command line: with the same tree
 on both sides, that measures what a setting costs.
 
@@ -51,12 +54,12 @@ def children_cpu_s(pid: int) -> float:
 
 
 def requests_per_second(tree: Path, app: str, close: bool, duration_s: int,
-                        extra_args: list[str]) -> tuple[float, float]:
+                        extra_args: list[str], server: str = "forkserve") -> tuple[float, float]:
     """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid.
 
     Returns requests/s and the workers' CPU µs per request.
     """
-    running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree,
+    running = servers.start(servers.SERVERS[server], app, 2, WORK_DIR, tree=tree,
                             extra_args=extra_args)
     try:
         cpu_before = children_cpu_s(running.pid)
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close", action="store_true", help="Connection: close requests")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--server", choices=["forkserve", "forkserve-httptools"],
+                        default="forkserve", help="the row to start: --http h11 or httptools")
     parser.add_argument("--this-args", default="", help="extra flags for this tree's server")
     parser.add_argument("--other-args", default="", help="extra flags for the other server")
     args = parser.parse_args(argv)
@@ -88,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ratios, cpu_ratios = [], []
     for _ in range(args.pairs):
         theirs, their_cpu = requests_per_second(other, APPS[args.app], args.close,
-                                                args.duration, shlex.split(args.other_args))
+                                                args.duration, shlex.split(args.other_args),
+                                                args.server)
         ours, our_cpu = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close,
-                                            args.duration, shlex.split(args.this_args))
+                                            args.duration, shlex.split(args.this_args),
+                                            args.server)
         ratios.append(ours / theirs)
         cpu_ratios.append(our_cpu / their_cpu)
         print(f"other {theirs:9,.0f}/s {their_cpu:6.1f} µs cpu  this {ours:9,.0f}/s "

@@ -38,6 +38,8 @@ from forkserve.heartbeat import Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
+from forkserve.parser import describe as describe_parser
+from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
@@ -218,6 +220,9 @@ class Arbiter:
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
         log.info("Using worker: sync")
+        # Also imports httptools when it serves: its pages are then shared by
+        # every worker, like ssl's (share_common_modules).
+        log.info("Using parser: %s", describe_parser(self.cfg.http))
         self.signals = SignalQueue(MASTER_SIGNALS)
         self.start_observability()
         if self.cfg.reload:
@@ -267,7 +272,7 @@ class Arbiter:
             if worker.state is not WorkerState.KILLED:
                 states[worker.state.value] += 1
         return Snapshot(totals, states, self.restarts, listen_queues(self.listeners),
-                        __version__, str(getattr(self.cfg, "http", "h11")))
+                        __version__, resolve_parser(self.cfg.http))  # what serves, not "auto"
 
     def next_wakeup(self) -> float:
         """Until the next heartbeat check, or sooner when a respawn after back-off is due."""
@@ -703,9 +708,12 @@ class Arbiter:
         self.hooks.call("on_reload", self)
         try:
             cfg = self.reload_config()
+            parser = describe_parser(cfg.http)  # a missing httptools fails here, not at fork
         except ForkserveError as exc:
             log.error("Reload failed, the current workers keep serving: %s", exc)
             return
+        if cfg.http != self.cfg.http:
+            log.info("Using parser: %s", parser)
         if cfg.bind != self.cfg.bind:
             log.warning("--bind changed; a reload keeps the listening sockets (USR2 or a "
                         "restart binds the new addresses)")

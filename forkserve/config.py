@@ -255,6 +255,17 @@ def parse_group(text: str) -> str | None:
     return value
 
 
+# --http: auto (httptools when it imports, else h11), h11, httptools (forkserve.parser).
+HTTP_PARSERS = ("auto", "h11", "httptools")
+
+
+def parse_http(text: str) -> str:
+    value = text.strip().lower()
+    if value not in HTTP_PARSERS:
+        raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {text!r}")
+    return value
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
@@ -438,6 +449,17 @@ class Config:
         section="HTTP",
         parse=parse_int(0),
         metavar="BYTES",
+    )
+    http: str = setting(
+        "auto",
+        "--http",
+        help="The request head parser: h11 (pure Python, the reference), httptools (llhttp "
+        "in C, about 20 times faster per head; pip install 'forkserve[fast]') or auto "
+        "(httptools when installed, else h11). Both see only heads the server's own checks "
+        "accepted, and give the app the same environ.",
+        section="HTTP",
+        parse=parse_http,
+        metavar="PARSER",
     )
     stream_body_paths: list[str] = setting(
         [],

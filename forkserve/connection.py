@@ -38,6 +38,7 @@ from forkserve.http import (
     HeadFacts,
     LengthDecoder,
     Limits,
+    as_http11,
     check_first_byte,
     check_head,
     find_head_end,
@@ -46,7 +47,7 @@ from forkserve.http import (
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
-from forkserve.parser import HeadParser, RequestHead, parse_h11
+from forkserve.parser import HeadParser, RequestHead, head_parser, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
 from forkserve.response import ResponseWriter, error_body, error_response
 from forkserve.tls import make_context
@@ -325,11 +326,12 @@ class Connection:
             head = bytes(buf[:end])  # a whole bytes object is not copied
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
-            event = self.settings.parse_head(head)
-            if facts.http11 and event.http_version != b"1.1":
+            if facts.http11:
                 # HTTP/1.2 and up (RFC 9110 §2.5): served as HTTP/1.1, and the
-                # app is told so (SERVER_PROTOCOL, docs/security.md).
-                event = event._replace(http_version=b"1.1")
+                # app is told so (SERVER_PROTOCOL, docs/security.md). Rewritten
+                # before the parser, so h11 and httptools answer alike.
+                head = as_http11(head)
+            event = self.settings.parse_head(head)
             self.buf = bytearray()
             self.scan = 0
             self.line_judged = False
@@ -857,7 +859,11 @@ def _wait(fd: int, events: int, deadline: float) -> bool:
 
 
 def settings_from(cfg: Config) -> Settings:
-    """A worker's connection settings, built once after fork from its config."""
+    """A worker's connection settings, built once after fork from its config.
+
+    The parser is picked here, once per worker: ConfigError if `--http
+    httptools` and httptools went missing since the master checked.
+    """
     tls = None
     if cfg.certfile:
         tls = make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
@@ -877,6 +883,7 @@ def settings_from(cfg: Config) -> Settings:
         forwarded=AllowList(cfg.forwarded_allow_ips),
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
+        parse_head=head_parser(cfg.http),
         app_name=cfg.app or "APP",
         stream_body_paths=tuple(p.encode("latin-1") for p in cfg.stream_body_paths),
     )

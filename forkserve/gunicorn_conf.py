@@ -247,7 +247,8 @@ GUNICORN_SETTINGS: dict[str, Equivalent] = {
     "asgi_lifespan": _ASGI,
     "asgi_disconnect_grace_period": _ASGI,
     "websocket_max_message_size": _ASGI,
-    "http_parser": _none("forkserve parses with h11 behind its own strict pre-check"),
+    "http_parser": _none("forkserve picks its parser with --http (auto, h11 or httptools; "
+                         "httptools with the fast extra), behind its own strict pre-check"),
     "root_path": _s("root_path"),
     "dirty_apps": _DIRTY,
     "dirty_workers": _DIRTY,

@@ -58,6 +58,18 @@ _CHUNK_LINE = re.compile(
     rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
 )
 
+# RFC 9110 §9.1: methods are case-sensitive tokens, and an origin server answers
+# one it does not recognise with 501. These are the ones llhttp (httptools)
+# recognises in a request: the registered methods of HTTP, WebDAV, CalDAV,
+# UPnP and the QUERY draft. h11 would take any token; refusing the rest under
+# both parsers keeps the two answering alike (tests/conformance/test_parsers.py
+# checks this list against llhttp). CONNECT is refused on its own (501).
+METHODS = frozenset(
+    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
+    b"MKCALENDAR MKCOL MOVE NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT QUERY "
+    b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
+)
+
 # A chunk-size line with its extensions. Extensions are ignored, so anything
 # longer is an attack, not a client (gunicorn, nginx and node cap it similarly).
 MAX_CHUNK_LINE = 4096
@@ -278,8 +290,26 @@ def check_head(head: bytes, limits: Limits) -> HeadFacts:
     if connection:
         tokens = {t.strip(b" \t").lower() for value in connection for t in value.split(b",")}
         keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+    if method not in METHODS:
+        # Last: a malformed head is a 400 whatever its method.
+        raise HTTPError(501, "method not implemented")
     return HeadFacts(method, http11, bool(transfer_encodings), content_length, expect_continue,
                      keep_alive)
+
+
+def as_http11(head: bytes) -> bytes:
+    """`head` (checked, HTTP/1.1 or later 1.x) with its version as served: HTTP/1.1.
+
+    RFC 9110 §2.5: HTTP/1.2 and up are handled as HTTP/1.1. The head is
+    rewritten before either parser sees it, so both give the same answer: h11
+    would pass `1.2` through to the environ, llhttp refuses it ("Invalid HTTP
+    version"). check_head has proved the version is the request line's last
+    8 bytes.
+    """
+    end = head.index(b"\r\n")
+    if head[end - 8 : end] == b"HTTP/1.1":
+        return head
+    return head[: end - 8] + b"HTTP/1.1" + head[end:]
 
 
 def _http11(version: bytes) -> bool:
@@ -391,6 +421,10 @@ def _check_target(method: bytes, target: bytes) -> None:
         if not authority or b"@" in authority or not _HOST.fullmatch(authority):
             # RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
             raise HTTPError(400, "invalid absolute-form target")
+        if b"#" in target:
+            # RFC 9112 §3.2.2: absolute-form is an absolute-URI, which has no
+            # fragment (RFC 3986 §4.3). llhttp refuses `http://a#f`, h11 takes it.
+            raise HTTPError(400, "fragment in absolute-form target")
         return
     raise HTTPError(400, "request target is not origin-form or absolute-form")
 

@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 LISTEN_RE = re.compile(r"Listening at: (\S+)")
 BOOT_DEADLINE = 20.0
+# Not FORKSERVE_*: the servers inherit the environment, and forkserve refuses
+# FORKSERVE_ variables that are not settings.
+TEST_HTTP_ENV = "TEST_FORKSERVE_HTTP"
 
 
 class Server:
@@ -38,10 +41,17 @@ class Server:
         cwd: str | os.PathLike[str] | None = None,
         wait_workers: int | None = None,
         command: Sequence[str] | None = None,
+        http: str | None = None,
         stdout: int | None = None,
     ) -> None:
         self.app = app
         self.args = list(args)
+        # The request parser (--http): a parametrised fixture's (`http_parser`),
+        # else TEST_FORKSERVE_HTTP to run every server under one parser, else
+        # the server's own default (auto).
+        http = http or os.environ.get(TEST_HTTP_ENV) or None
+        if http:
+            self.args += ["--http", http]
         self.bind = list(bind) if bind is not None else []
         self.cwd = str(cwd) if cwd is not None else str(TESTS / "apps")
         self.env = dict(os.environ)

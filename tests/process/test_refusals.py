@@ -24,9 +24,10 @@ ANSWER_WITHIN = 15.0  # generous for a loaded box, far below HEADER_TIMEOUT
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server(http_parser: str) -> Iterator[Server]:
     with serve("fault_apps:faulty", "--workers", "1", "--header-timeout", HEADER_TIMEOUT,
-               "--access-logfile", "-", wait_workers=1) as server:
+               "--access-logfile", "-", wait_workers=1, http=http_parser) as server:
+        assert f"Using parser: {http_parser} " in server.log  # the parametrisation took
         yield server
 
 

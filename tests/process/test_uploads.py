@@ -27,11 +27,12 @@ GET_WITHIN = 10.0  # generous on a loaded box; a held worker would take --timeou
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, http_parser: str) -> Iterator[Server]:
     spool_dir = tmp_path_factory.mktemp("spool")
     with serve("fault_apps:faulty", "--workers", "2", "--body-buffer-size", str(BUFFER),
                "--timeout", "30", "--body-timeout", "60", "--stream-body-path", "/stream/",
-               env={"TMPDIR": str(spool_dir)}, wait_workers=2) as server:
+               env={"TMPDIR": str(spool_dir)}, wait_workers=2, http=http_parser) as server:
+        assert f"Using parser: {http_parser} " in server.log  # the parametrisation took
         server.spool_dir = spool_dir  # type: ignore[attr-defined]
         yield server
 

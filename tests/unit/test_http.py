@@ -13,6 +13,7 @@ from forkserve.http import (
     ChunkedDecoder,
     LengthDecoder,
     Limits,
+    as_http11,
     check_first_byte,
     check_head,
     check_trailers,
@@ -51,7 +52,8 @@ GOOD = [
     head("GET / HTTP/1.1", "Host: 0.0.0.0=5000"),
     head("GET / HTTP/1.1", "Host:"),
     head("GET /caf%C3%A9 HTTP/1.1", "Host: a", "X: caf\xe9"),
-    head("-BLARGH / HTTP/1.1", "Host: a"),
+    head("PROPFIND / HTTP/1.1", "Host: a"),
+    head("M-SEARCH /x HTTP/1.1", "Host: a"),
     head("GET / HTTP/1.1", "Host: a", "X.Custom|Pipe: ok"),
     head("GET / HTTP/1.1", "Host: a", "Cookie: a=1", "Cookie: b=2"),
 ]
@@ -62,6 +64,10 @@ BAD = [
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked", "Content-Length: 3"), 400),
     (head("POST / HTTP/1.0", "Transfer-Encoding: chunked"), 400),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked"), 501),
+    # RFC 9110 §9.1: an unrecognised method (one llhttp does not know either).
+    (head("-BLARGH / HTTP/1.1", "Host: a"), 501),
+    (head("GET http://a#f HTTP/1.1", "Host: a"), 400),
+    (head("get / HTTP/1.1", "Host: a"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: identity, chunked"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, gzip"), 400),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, chunked"), 400),
@@ -443,3 +449,16 @@ def test_tls_gets_a_body_that_says_what_is_wrong() -> None:
 ])
 def test_request_line_of_a_refused_head(raw: bytes, expected: object) -> None:
     assert request_line_of(raw, LIMITS) == expected
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_later_http1_minor_is_rewritten_to_1_1_before_any_parser(version: bytes) -> None:
+    # llhttp refuses HTTP/1.2 and h11 passes it through: rewritten, both see 1.1.
+    raw = head(b"GET /a?HTTP/1.2 " + version, "Host: a", "X-V: HTTP/1.2")
+    assert check_head(raw, LIMITS).http11
+    assert as_http11(raw) == head("GET /a?HTTP/1.2 HTTP/1.1", "Host: a", "X-V: HTTP/1.2")
+
+
+def test_http11_head_is_not_copied() -> None:
+    raw = head("GET / HTTP/1.1", "Host: a")
+    assert as_http11(raw) is raw
