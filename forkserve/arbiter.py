@@ -692,7 +692,7 @@ class Arbiter:
         if cfg.max_worker_memory:
             rss = rss_mib(worker.pid)
             if rss > cfg.max_worker_memory:
-                return "max_memory", (f"uses {rss:.0f} MiB (--max-worker-memory "
+                return "max_memory", (f"uses {rss:.1f} MiB (--max-worker-memory "
                                       f"{cfg.max_worker_memory})")
         return "", ""
 

@@ -627,7 +627,7 @@ class WorkerLoop:
                 return "", ""
             if resident > self.max_rss_pages:
                 mib = resident * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-                return "max_memory", (f"uses {mib:.0f} MiB "
+                return "max_memory", (f"uses {mib:.1f} MiB "
                                       f"(--max-worker-memory {self.cfg.max_worker_memory})")
         return "", ""
 
