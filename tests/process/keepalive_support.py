@@ -1,9 +1,10 @@
 """Clients that keep their connections alive, for the keep-alive process tests (issue 11).
 
-Two kinds, used as users use them: `requests.Session` loops (urllib3's pool,
-which reuses a connection until the server closes it) and raw sockets that
-send request after request on one connection and open a new one only after a
-response that says `Connection: close`. Both count every request that got no
+Three kinds, used as users use them: `requests.Session` loops (urllib3's pool,
+which reuses a connection until the server closes it), bare urllib3
+`PoolManager` loops with retries disabled (so no error is hidden by a retry),
+and raw sockets that send request after request on one connection and open a
+new one only after a response that says `Connection: close`. All count every request that got no
 response as a failure, whatever the cause (a reset, a close before the
 response, a timeout).
 """
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import requests
+import urllib3
 
 CLOSE_RE = re.compile(rb"(?i)\r\nconnection: *close\r\n")
 LENGTH_RE = re.compile(rb"(?i)\r\ncontent-length: *(\d+)\r\n")
@@ -42,7 +44,7 @@ def read_response(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, 
 
 @dataclass
 class KeepAliveClients:
-    """`sessions` requests.Session loops and `sockets` raw-socket loops, in threads.
+    """`sessions` requests.Session, `pools` urllib3 and `sockets` raw-socket loops, in threads.
 
     `ok` counts answered requests; `failures` lists every request that was sent
     and got no complete response. `refused` counts connection attempts that
@@ -54,6 +56,7 @@ class KeepAliveClients:
     address: tuple[str, int]
     sessions: int = 2
     sockets: int = 2
+    pools: int = 0
     path: str = "/pid"
     ok: int = 0
     refused: int = 0
@@ -67,6 +70,8 @@ class KeepAliveClients:
                          for _ in range(self.sessions)]
         self._threads += [threading.Thread(target=self._socket_loop, daemon=True)
                           for _ in range(self.sockets)]
+        self._threads += [threading.Thread(target=self._pool_loop, daemon=True)
+                          for _ in range(self.pools)]
 
     def _count(self, ok: bool, failure: str = "") -> None:
         with self._lock:
@@ -93,6 +98,31 @@ class KeepAliveClients:
                 continue
             self._count(r.status_code == 200, f"session: status {r.status_code}")
         session.close()
+
+    def _pool_loop(self) -> None:
+        # One kept-alive connection per loop, as an app's client library holds
+        # it. retries=False: urllib3 raises whatever went wrong on a request
+        # instead of sending it again. (It still opens a new connection when
+        # the pooled one was closed by the server before this request, or
+        # after a response that said Connection: close: that is no retry.)
+        pool = urllib3.PoolManager(maxsize=1, block=True, retries=False,
+                                   timeout=urllib3.Timeout(connect=10, read=10))
+        while not self._stop.is_set():
+            try:
+                r = pool.request("GET", self.url + self.path)
+            except urllib3.exceptions.NewConnectionError as exc:
+                if "refused" in str(exc).lower():
+                    with self._lock:
+                        self.refused += 1
+                    time.sleep(0.01)
+                    continue
+                self._count(False, f"pool: {type(exc).__name__}: {exc}")
+                continue
+            except Exception as exc:
+                self._count(False, f"pool: {type(exc).__name__}: {exc}")
+                continue
+            self._count(r.status == 200, f"pool: status {r.status}")
+        pool.clear()
 
     def _socket_loop(self) -> None:
         sock: socket.socket | None = None
