@@ -49,7 +49,8 @@ class KeepAliveClients:
     `ok` counts answered requests; `failures` lists every request that was sent
     and got no complete response. `refused` counts connection attempts that
     failed before a request was sent (only expected once the port closes, on a
-    TERM); those are not requests that reached the server.
+    TERM), and, with `port_closing`, new connections reset at their first
+    request; those are not requests that reached the server.
     """
 
     url: str
@@ -62,6 +63,9 @@ class KeepAliveClients:
     refused: int = 0
     failures: list[str] = field(default_factory=list)
     closes_seen: int = 0
+    # Set once the server stops for good (TERM to the master): from then on a
+    # reset on the first request of a new connection counts as `refused`.
+    port_closing: bool = False
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -127,6 +131,7 @@ class KeepAliveClients:
     def _socket_loop(self) -> None:
         sock: socket.socket | None = None
         buf = b""
+        fresh = True  # no response yet on this connection
         request = f"GET {self.path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
         while not self._stop.is_set():
             if sock is None:
@@ -138,14 +143,24 @@ class KeepAliveClients:
                     time.sleep(0.01)
                     continue
                 buf = b""
+                fresh = True
             try:
                 sock.sendall(request)
                 head, _body, buf = read_response(sock, buf)
             except OSError as exc:
-                self._count(False, f"socket: {type(exc).__name__}: {exc}")
+                if (fresh and self.port_closing and isinstance(exc, ConnectionResetError)):
+                    # Connected into the listen backlog after every worker had
+                    # taken its last connections from it, and reset when the
+                    # last copy of the socket closed: no process ever had it
+                    # (docs/signals.md, "What happens to connections on a stop").
+                    with self._lock:
+                        self.refused += 1
+                else:
+                    self._count(False, f"socket: {type(exc).__name__}: {exc}")
                 sock.close()
                 sock = None
                 continue
+            fresh = False
             self._count(head.startswith(b"HTTP/1.1 200 "), f"socket: {head[:40]!r}")
             if CLOSE_RE.search(head + b"\r\n"):
                 with self._lock:

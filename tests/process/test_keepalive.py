@@ -232,12 +232,15 @@ def test_urllib3_pools_without_retries_lose_no_request(event: str) -> None:
 
 
 def test_term_answers_every_request_that_reached_the_server() -> None:
-    # After TERM the port closes: new connections may be refused, and that is
-    # expected; but every request sent on an open connection gets its answer.
+    # After TERM the port closes: new connections may be refused, or reset if
+    # they landed in the backlog after the workers' last accept, and that is
+    # expected; but every request sent on a connection a worker took gets its
+    # answer.
     s = Server(APP, "--workers", "2", wait_workers=2).start()
     try:
         with KeepAliveClients(s.url, s.address, sessions=0, sockets=6) as clients:
             clients.wait_for(40)
+            clients.port_closing = True
             s.send_signal(signal.SIGTERM)
             assert s.wait_exit(15) == 0
         assert clients.failures == [], clients.failures[:5]
