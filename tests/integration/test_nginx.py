@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import end, free_port, get, get_json, wait_for
-from tests.support import REPO, Server
+from tests.support import REPO, Server, self_signed_certificate
 
 pytestmark = [pytest.mark.process, pytest.mark.integration]
 
@@ -29,27 +28,6 @@ CONTRIB = REPO / "contrib" / "nginx" / "forkserve.conf"
 if NGINX is None:
     pytestmark.append(pytest.mark.skip(reason="nginx is not installed (Debian: apt-get install "
                                        "nginx; .ci/run installs it)"))
-
-
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 class Stack:
@@ -69,7 +47,7 @@ class Stack:
 
     def start(self) -> None:
         self.forkserve.start()
-        cert, key = _self_signed(self.tmp)
+        cert, key = self_signed_certificate(self.tmp)
         conf = CONTRIB.read_text()
         # Only addresses change; every proxy directive is the contrib file's own.
         replacements = {

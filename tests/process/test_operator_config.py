@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 import subprocess
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import REPO, Server, serve
+from tests.support import REPO, Server, self_signed_certificate, serve
 
 pytestmark = pytest.mark.process
 
@@ -69,32 +67,8 @@ def test_a_bare_port_is_one_line_with_the_two_meanings(tmp_path: Path) -> None:
         "did you mean 0.0.0.0:8000 (every interface) or 127.0.0.1:8000 (this machine only)?"]
 
 
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_start_up_errors_name_the_file_and_what_is_missing(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     cases = [
         (["--certfile", str(tmp_path / "nope.pem"), "--keyfile", str(key)],
          f"--certfile {tmp_path}/nope.pem: no such file"),
@@ -113,7 +87,7 @@ def test_tls_start_up_errors_name_the_file_and_what_is_missing(tmp_path: Path) -
 
 
 def test_the_start_up_line_says_https_when_serving_tls(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     server = Server("core_apps:app", "--certfile", str(cert), "--keyfile", str(key))
     with server as s:
         assert len(s.urls) == 1 and s.urls[0].startswith("https://127.0.0.1:"), s.urls
