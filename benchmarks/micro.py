@@ -1,13 +1,17 @@
-"""Micro-benchmark: the in-process request path, next to a bare h11 round trip.
+"""Micro-benchmark: the in-process request path, next to a bare round trip with each parser.
 
     python -m benchmarks.micro [--quick] [--json]
 
-Four numbers for one hello-world request, in µs, all in this process with no
+Numbers for one hello-world request, in µs, all in this process with no
 network between client and server:
 
 - `h11 round trip`: the floor forkserve is built on. One h11 server
   Connection: receive_data, next_event (Request, EndOfMessage), send Response,
   Data and EndOfMessage, start_next_cycle. No environ, no app.
+- `httptools round trip` (when httptools is installed): the floor under
+  `--http httptools`, as an httptools server does it: a new llhttp parser fed
+  the request with a callbacks object collecting the target and fields, and
+  a response head formatted with `%`. No environ, no app.
 - `app call`: the hello app itself with a prepared environ, so the app's own
   share is visible.
 - `forkserve request path`: `forkserve.inprocess.process_request_bytes(app,
@@ -17,6 +21,8 @@ network between client and server:
   "not available" while the server does not provide it.
 - `the same over a socketpair`: that path with a real socket pair under it
   (a send and a receive on each end), to show what the kernel adds.
+- `forkserve request path, httptools`: the in-memory path with
+  `parse_head` set to the httptools adapter (`--http httptools`).
 
 The rows take turns, one batch each, nine times; the ratio to the h11 row
 is the median of the ratios within each turn. Timed one row after the other,
@@ -24,7 +30,8 @@ the rows of one run differed by a third in either direction on this
 machine, and forkserve's row once came out slower in memory than over a
 socketpair.
 
-The issue's target is forkserve / h11 <= 1.3.
+Targets: forkserve (h11) / h11 round trip <= 1.3; forkserve (httptools) /
+httptools round trip <= 2.5.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from benchmarks.apps import HELLO_BODY, hello
 
 RAW_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: forkserve-bench\r\n\r\n"
 TARGET_RATIO = 1.3
+HTTPTOOLS_TARGET_RATIO = 2.5
 
 
 def h11_round_trip() -> Callable[[], object]:
@@ -66,6 +74,43 @@ def h11_round_trip() -> Callable[[], object]:
         out += conn.send(h11.EndOfMessage())
         conn.start_next_cycle()
         return out
+
+    return once
+
+
+def httptools_round_trip() -> Callable[[], object] | None:
+    """One hello-world cycle with httptools alone (None where it is not installed)."""
+    try:
+        import httptools
+    except ImportError:
+        return None
+
+    class Request:
+        __slots__ = ("url", "headers", "done")
+
+        def __init__(self) -> None:
+            self.url = b""
+            self.headers: list[tuple[bytes, bytes]] = []
+            self.done = False
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name, value))
+
+        def on_message_complete(self) -> None:
+            self.done = True
+
+    new_parser = httptools.HttpRequestParser
+
+    def once() -> bytes:
+        request = Request()
+        parser = new_parser(request)
+        parser.feed_data(RAW_REQUEST)
+        assert request.done
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(HELLO_BODY), HELLO_BODY))
 
     return once
 
@@ -93,11 +138,13 @@ def app_call() -> Callable[[], object]:
     return once
 
 
-def forkserve_path(socketpair: bool = False) -> tuple[Callable[[], object] | None, str]:
+def forkserve_path(socketpair: bool = False, http: str = "h11"
+                   ) -> tuple[Callable[[], object] | None, str]:
     """The server's in-process request path, or None and why it is missing.
 
     In memory by default (no sockets, as the h11 row); `socketpair=True` adds a
-    kernel send and receive on each side of a real socket pair.
+    kernel send and receive on each side of a real socket pair. `http` is the
+    parser (`--http`): a tree without the parser seam has only h11.
     """
     try:
         module = importlib.import_module("forkserve.inprocess")
@@ -106,15 +153,21 @@ def forkserve_path(socketpair: bool = False) -> tuple[Callable[[], object] | Non
     process = getattr(module, "process_request_bytes", None)
     if process is None:
         return None, "not available (forkserve.inprocess.process_request_bytes is missing)"
+    kwargs: dict[str, Any] = {"socketpair": socketpair}
+    if http != "h11":
+        try:
+            kwargs["parse_head"] = importlib.import_module("forkserve.parser").head_parser(http)
+        except Exception as exc:  # no seam in this tree, or httptools is not installed
+            return None, f"not available ({type(exc).__name__}: {exc})"
     try:
-        response = process(hello, RAW_REQUEST, socketpair=socketpair)
-    except TypeError as exc:  # an older tree without the socketpair mode
+        response = process(hello, RAW_REQUEST, **kwargs)
+    except TypeError as exc:  # an older tree without the socketpair mode or the seam
         return None, f"not available ({exc})"
     if not (response.startswith(b"HTTP/1.1 200") and response.endswith(HELLO_BODY)):
         return None, f"not available (unexpected response: {response[:80]!r})"
 
     def once() -> bytes:
-        return bytes(process(hello, RAW_REQUEST, socketpair=socketpair))
+        return bytes(process(hello, RAW_REQUEST, **kwargs))
 
     return once, "ok"
 
@@ -178,7 +231,20 @@ def run_micro(quick: bool = False) -> dict[str, Any]:
     pair, _ = forkserve_path(socketpair=True)
     if pair is not None:
         rows["socketpair"] = pair
+    bare_httptools = httptools_round_trip()
+    fast, fast_status = forkserve_path(http="httptools")
+    if bare_httptools is not None:
+        rows["httptools"] = bare_httptools
+        if fast is not None:
+            rows["memory_httptools"] = fast
+    else:
+        fast_status = "not available (httptools is not installed)"
     us, ratios = time_interleaved(rows, repeats=repeats, target_s=target_s)
+    fast_over = None
+    if "memory_httptools" in ratios:
+        # Both ratios are to the h11 row, taken within each turn: their quotient
+        # is forkserve (httptools) over the bare httptools round trip.
+        fast_over = ratios["memory_httptools"] / ratios["httptools"]
     return {
         "unit": "us_per_request",
         "request": RAW_REQUEST.decode("latin-1"),
@@ -191,6 +257,11 @@ def run_micro(quick: bool = False) -> dict[str, Any]:
         "forkserve_socketpair_us": us.get("socketpair"),
         "socketpair_over_h11": ratios.get("socketpair"),
         "interleaved_repeats": repeats,
+        "httptools_round_trip_us": us.get("httptools"),
+        "httptools_target_ratio": HTTPTOOLS_TARGET_RATIO,
+        "forkserve_httptools_status": fast_status,
+        "forkserve_httptools_us": us.get("memory_httptools"),
+        "forkserve_httptools_over_httptools": fast_over,
     }
 
 
@@ -220,6 +291,21 @@ def format_micro(result: dict[str, Any]) -> str:
         pair_ratio = result.get("socketpair_over_h11") or pair_us / h11_us
         lines.append(f"| the same over a socketpair (4 syscalls) | {pair_us:.2f} |"
                      f" {pair_ratio:.2f} |")
+    bare = result.get("httptools_round_trip_us")
+    if bare is not None:
+        lines.append(f"| httptools round trip (floor under --http httptools) | {bare:.2f} |"
+                     f" {bare / h11_us:.2f} |")
+        fast_us = result.get("forkserve_httptools_us")
+        over = result.get("forkserve_httptools_over_httptools")
+        if fast_us is None or over is None:
+            status = result.get("forkserve_httptools_status", "not available")
+            lines.append(f"| forkserve request path, --http httptools | {status} | - |")
+        else:
+            target = result.get("httptools_target_ratio", HTTPTOOLS_TARGET_RATIO)
+            verdict = "ok" if over <= target else "over target"
+            lines.append(f"| forkserve request path, --http httptools | {fast_us:.2f} |"
+                         f" {fast_us / h11_us:.2f} ({over:.2f}x the httptools round trip:"
+                         f" {verdict}, target <= {target}) |")
     return "\n".join(lines)
 
 

@@ -308,13 +308,23 @@ def format_meta(raw: Json) -> str:
     return "\n".join(lines)
 
 
-# The issue's targets (2 workers, same machine, medians of interleaved runs).
-# Each: label, scenario, peer, minimum forkserve/peer throughput ratio.
+FAST = "forkserve-httptools"  # the same server under --http httptools
+FAST_FLOOR = "httptools-floor"  # benchmarks/httptools_floor.py
+
+# The issues' targets (2 workers, same machine, medians of interleaved runs).
+# Each: label, scenario, subject, peer, minimum subject/peer throughput ratio.
 THROUGHPUT_TARGETS = [
-    ("hello keep-alive >= 3.0x gunicorn sync", "hello-keepalive", "gunicorn-sync", 3.0),
-    ("hello keep-alive ahead of uWSGI", "hello-keepalive", "uwsgi", 1.0),
-    ("hello Connection: close >= 2.0x gunicorn sync", "hello-close", "gunicorn-sync", 2.0),
-    ("Flask keep-alive >= 1.8x gunicorn sync", "flask-keepalive", "gunicorn-sync", 1.8),
+    ("h11: hello keep-alive >= 3.0x gunicorn sync", "hello-keepalive", SUBJECT,
+     "gunicorn-sync", 3.0),
+    ("h11: hello keep-alive ahead of uWSGI", "hello-keepalive", SUBJECT, "uwsgi", 1.0),
+    ("h11: hello Connection: close >= 2.0x gunicorn sync", "hello-close", SUBJECT,
+     "gunicorn-sync", 2.0),
+    ("h11: Flask keep-alive >= 1.8x gunicorn sync", "flask-keepalive", SUBJECT,
+     "gunicorn-sync", 1.8),
+    ("httptools: hello keep-alive >= 2.0x uWSGI", "hello-keepalive", FAST, "uwsgi", 2.0),
+    ("httptools: hello keep-alive >= 0.8x granian", "hello-keepalive", FAST, "granian", 0.8),
+    ("httptools: Flask keep-alive >= 1.0x granian", "flask-keepalive", FAST, "granian", 1.0),
+    ("httptools: hello Connection: close >= 1.0x uWSGI", "hello-close", FAST, "uwsgi", 1.0),
 ]
 FAIRNESS_P99_MS = 10.0
 BASELINE_PEER = "gunicorn-sync"  # memory and start-up are judged against it
@@ -324,12 +334,13 @@ MEMORY_TARGET_APPS = ("hello", "flask")  # the issue names the apps, not every s
 def evaluate_targets(raw: Json, summary: Json) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for each target; met is None when not measurable."""
     rows: list[tuple[str, str, bool | None]] = []
-    for label, scenario, peer, minimum in THROUGHPUT_TARGETS:
-        ratio = summary["scenarios"].get(scenario, {}).get("ratios", {}).get(peer)
+    for label, scenario, subject, peer, minimum in THROUGHPUT_TARGETS:
+        ratio = _target_ratio(summary, scenario, subject, peer)
         # Three decimals: 2.996x must not print as a met "3.00x".
         measured = "not measured" if ratio is None else f"{ratio:.3f}x"
         rows.append((label, measured, None if ratio is None else ratio >= minimum))
-    rows.append(_fairness_target(summary))
+    rows.append(_fairness_target(summary, SUBJECT, "h11"))
+    rows.append(_fairness_target(summary, FAST, "httptools"))
     rows += _memory_targets(summary)
     micro = raw.get("micro") or {}
     over = micro.get("forkserve_over_h11")
@@ -338,12 +349,29 @@ def evaluate_targets(raw: Json, summary: Json) -> list[tuple[str, str, bool | No
         "not measured" if over is None else f"{over:.3f}x",
         None if over is None else over <= micro.get("target_ratio", 1.3),
     ))
+    fast_over = micro.get("forkserve_httptools_over_httptools")
+    fast_target = micro.get("httptools_target_ratio", 2.5)
+    rows.append((
+        f"httptools: in-process path <= {fast_target}x a bare httptools round trip",
+        "not measured" if fast_over is None else f"{fast_over:.3f}x",
+        None if fast_over is None else fast_over <= fast_target,
+    ))
     return rows
 
 
-def _fairness_target(summary: Json) -> tuple[str, str, bool | None]:
-    label = f"fairness: every client served, p99 < {FAIRNESS_P99_MS:.0f} ms"
-    entry = summary["scenarios"].get("fairness", {}).get("servers", {}).get(SUBJECT)
+def _target_ratio(summary: Json, scenario: str, subject: str, peer: str) -> float | None:
+    """subject/peer requests per second in `scenario`, from the run's medians."""
+    entry = summary["scenarios"].get(scenario, {})
+    if subject == SUBJECT:
+        ratio: float | None = entry.get("ratios", {}).get(peer)
+        return ratio
+    servers = entry.get("servers", {})
+    return _ratio((servers.get(subject) or {}).get("rps"), (servers.get(peer) or {}).get("rps"))
+
+
+def _fairness_target(summary: Json, subject: str, parser: str) -> tuple[str, str, bool | None]:
+    label = f"{parser}: fairness: every client served, p99 < {FAIRNESS_P99_MS:.0f} ms"
+    entry = summary["scenarios"].get("fairness", {}).get("servers", {}).get(subject)
     if entry is None or entry["p99_ms"] is None:
         return label, "not measured", None
     measured = f"{entry['served_min']}/{entry['connections']}, p99 {entry['p99_ms']:.2f} ms"
@@ -377,9 +405,10 @@ def floor_ratios(summary: Json) -> dict[str, str]:
     that premise holds on the machine of this run.
     """
     ratios: dict[str, str] = {}
-    for label, scenario, peer, _minimum in THROUGHPUT_TARGETS:
+    for label, scenario, subject, peer, _minimum in THROUGHPUT_TARGETS:
         servers = summary["scenarios"].get(scenario, {}).get("servers", {})
-        ratio = _ratio((servers.get(FLOOR) or {}).get("rps"), (servers.get(peer) or {}).get("rps"))
+        floor = FLOOR if subject == SUBJECT else FAST_FLOOR
+        ratio = _ratio((servers.get(floor) or {}).get("rps"), (servers.get(peer) or {}).get("rps"))
         if ratio is not None:
             ratios[label] = f"{ratio:.3f}x"
     return ratios
@@ -392,7 +421,8 @@ def format_targets(raw: Json, summary: Json) -> str:
          "-" if met is None else ("met" if met else "NOT MET")]
         for label, measured, met in evaluate_targets(raw, summary)
     ]
-    header = ["target (issue 6)", "forkserve measured", "h11 floor, same ratio", "status"]
+    header = ["target (issues 6 and 13)", "forkserve measured",
+              "the parser's floor (h11 / httptools), same ratio", "status"]
     return _table(header, rows, text_columns=1)
 
 

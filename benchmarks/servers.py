@@ -98,12 +98,24 @@ SERVERS: dict[str, ServerSpec] = {
     for spec in [
         ServerSpec(
             name="forkserve",
-            note="prefork sync workers; keep-alive connections parked in the worker's selector",
+            note="prefork sync workers; keep-alive connections parked in the worker's "
+                 "selector; --http h11",
             build=lambda app, port, n: [
                 PY, "-m", "forkserve", app, "--bind", _bind(port), "--workers", str(n),
+                "--http", "h11",
             ],
             missing=_module_missing("forkserve.cli", "the server package is not written yet"),
             version=_dist_version("forkserve"),
+        ),
+        ServerSpec(
+            name="forkserve-httptools",
+            note="the same server with --http httptools (the fast extra)",
+            build=lambda app, port, n: [
+                PY, "-m", "forkserve", app, "--bind", _bind(port), "--workers", str(n),
+                "--http", "httptools",
+            ],
+            missing=_module_missing("httptools", "pip install 'forkserve[fast]'"),
+            version=_dist_version("httptools"),
         ),
         ServerSpec(
             name="gunicorn-sync",
@@ -163,6 +175,27 @@ SERVERS: dict[str, ServerSpec] = {
             ],
             missing=_module_missing("h11", "pip install h11"),
             version=_dist_version("h11"),
+        ),
+        ServerSpec(
+            name="httptools-floor",
+            note="reference, not a server: the h11 floor's loop with httptools parsing "
+                 "(benchmarks/httptools_floor.py)",
+            build=lambda app, port, n: [
+                PY, "-m", "benchmarks.httptools_floor", app, "--port", str(port),
+                "--workers", str(n),
+            ],
+            missing=_module_missing("httptools", "pip install httptools"),
+            version=_dist_version("httptools"),
+        ),
+        ServerSpec(
+            name="bjoern",
+            note="C ceiling: libev loop and C HTTP parsing in one process per worker, forked "
+                 "by benchmarks/bjoern_run.py (bjoern has no prefork of its own)",
+            build=lambda app, port, n: [
+                PY, "-m", "benchmarks.bjoern_run", app, "--port", str(port), "--workers", str(n),
+            ],
+            missing=_module_missing("bjoern", "apt-get install libev-dev; pip install bjoern"),
+            version=_dist_version("bjoern"),
         ),
         ServerSpec(
             name="granian",

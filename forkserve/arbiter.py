@@ -36,6 +36,7 @@ from forkserve.heartbeat import Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
+from forkserve.parser import describe as describe_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
@@ -114,6 +115,10 @@ class Arbiter:
         # Workers that cannot boot write "PID reason" here, then exit with a boot code.
         self.boot_errors_r, self.boot_errors_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.boot_errors: dict[int, str] = {}
+        # Workers that leave by themselves (--max-requests, --max-worker-memory)
+        # write "PID reason" here: it wakes the loop, which starts the
+        # replacement at once instead of at its next 0.5 s check.
+        self.notices_r, self.notices_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_quit,
@@ -149,6 +154,7 @@ class Arbiter:
             while self.running:
                 self.wait(self.next_wakeup())
                 self.dispatch_signals()
+                self.collect_notices()
                 self.reap()
                 if not self.running:
                     break
@@ -185,6 +191,9 @@ class Arbiter:
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
         log.info("Using worker: sync")
+        # Also imports httptools when it serves: its pages are then shared by
+        # every worker, like ssl's (share_common_modules).
+        log.info("Using parser: %s", describe_parser(self.cfg.http))
         self.signals = SignalQueue(MASTER_SIGNALS)
         if self.cfg.reload:
             # Imported only here: it loads ctypes (and subprocess), ~10 ms of
@@ -206,9 +215,7 @@ class Arbiter:
 
     def wait(self, timeout: float) -> None:
         assert self.signals is not None
-        if self.signals.pending:
-            return
-        fds = [self.signals.read_fd]
+        fds = [self.signals.read_fd, self.notices_r]  # a signal delivered makes it readable
         if self.reloader is not None and self.reloader.fileno() is not None:
             fds.append(self.reloader.fileno())  # type: ignore[arg-type]
         try:
@@ -349,8 +356,10 @@ class Arbiter:
             if self.reloader is not None:
                 self.reloader.close()
             os.close(self.boot_errors_r)
+            os.close(self.notices_r)
             random.seed()
             worker.boot_error_fd = self.boot_errors_w
+            worker.notice_fd = self.notices_w
             worker.pid = os.getpid()
             self.hooks.call("post_fork", self, worker)
             worker.run(self)
@@ -393,9 +402,13 @@ class Arbiter:
             if pid == self.reexec_pid:
                 self.on_new_master_exit(status)
                 continue
-            worker = self.workers.pop(pid, None)
+            worker = self.workers.get(pid)
             if worker is None:
                 continue  # not ours: an orphan re-parented to us as PID 1
+            # One that left by itself wrote its notice before exiting, maybe
+            # after this loop last looked: read it while it is still listed.
+            self.collect_notices()
+            del self.workers[pid]
             self.heartbeats.clear_load(worker.slot)  # even a killed worker stops counting
             self.on_worker_exit(worker, status)
             try:
@@ -419,7 +432,7 @@ class Arbiter:
             # The master's exit status mirrors the CLI's: 3 = the app cannot load.
             self.boot_failed(worker, reason, 3 if code == WorkerExit.APP_LOAD_ERROR else 1)
         elif worker.state in (WorkerState.DRAINING, WorkerState.KILLED) or (
-                self.state is State.STOPPING):
+                self.state is State.STOPPING) or (worker.retire_reason and code == 0):
             log.info("Worker %d %s", worker.pid, how)
         else:
             self.backoff(f"Worker {worker.pid} {how}")
@@ -457,6 +470,23 @@ class Arbiter:
             log.error("Worker failed to boot and none is serving: %s", reason)
             self.exit_status = exit_status
             self.stop(graceful=False)
+
+    def collect_notices(self) -> None:
+        """Workers that are leaving by themselves: mark them, so replacements start now."""
+        try:
+            text = os.read(self.notices_r, 65536).decode("utf-8", "replace")
+        except BlockingIOError:
+            return
+        for line in text.splitlines():
+            pid, _, reason = line.partition(" ")
+            worker = self.workers.get(int(pid)) if pid.isdigit() else None
+            if worker is not None:
+                self.mark_leaving(worker, reason)
+
+    def mark_leaving(self, worker: Worker, reason: str) -> None:
+        if not worker.retire_reason:
+            log.info("Replacing worker %d: %s", worker.pid, reason)
+            worker.retire_reason = reason
 
     def collect_boot_errors(self) -> None:
         try:
@@ -536,9 +566,12 @@ class Arbiter:
         self.hooks.call("on_reload", self)
         try:
             cfg = self.reload_config()
+            parser = describe_parser(cfg.http)  # a missing httptools fails here, not at fork
         except ForkserveError as exc:
             log.error("Reload failed, the current workers keep serving: %s", exc)
             return
+        if cfg.http != self.cfg.http:
+            log.info("Using parser: %s", parser)
         if cfg.bind != self.cfg.bind:
             log.warning("--bind changed; a reload keeps the listening sockets (USR2 or a "
                         "restart binds the new addresses)")

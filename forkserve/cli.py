@@ -94,9 +94,11 @@ def resolve(given: Mapping[str, Any], env: Mapping[str, str], cwd: str
 def check(cfg: Config) -> None:
     """What --check-config proves: the settings are whole and the app imports."""
     from forkserve.loader import load_app, prepare_path
+    from forkserve.parser import resolve as resolve_parser
     from forkserve.process import resolve_identity
 
     resolve_identity(cfg.user, cfg.group)
+    resolve_parser(cfg.http)
     prepare_path(cfg.chdir, cfg.pythonpath)
     load_app(cfg.app)
 
@@ -107,6 +109,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     from forkserve.loader import prepare_path
     from forkserve.log import log, setup_error_log
     from forkserve.notify import Notifier
+    from forkserve.parser import resolve as resolve_parser
     from forkserve.process import daemonize, drop_privileges, resolve_identity
     from forkserve.sockets import (
         adopt_fds,
@@ -118,6 +121,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
 
     setup_error_log(cfg.error_logfile, cfg.log_level)
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
+    resolve_parser(cfg.http)  # --http httptools without the extra: one line, exit 2
     if cfg.certfile:
         from forkserve.tls import make_context
 

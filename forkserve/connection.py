@@ -42,7 +42,7 @@ from forkserve.http import (
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
-from forkserve.parser import HeadParser, RequestHead, parse_h11
+from forkserve.parser import HeadParser, RequestHead, head_parser, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
 from forkserve.response import ResponseWriter, error_response
 from forkserve.tls import make_context
@@ -59,6 +59,11 @@ RECV_SIZE = 65536
 # connection is closed instead (reading it would only waste the worker).
 MAX_DRAIN = 256 * 1024
 LINGER_SECONDS = 2.0
+# After the FIN that ends an idle keep-alive connection, how long its input is
+# read and discarded before the last close: long enough for a request that
+# crossed the FIN in flight to land here (and not on a closed socket, which
+# answers with a reset), short enough not to hold a draining worker.
+IDLE_LINGER_SECONDS = 0.5
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class State(enum.Enum):
@@ -373,13 +378,39 @@ class Connection:
         return self.state
 
     def expire(self, now: float) -> None:
-        """Called by the worker's sweep: close a connection past its deadline."""
+        """Called by the worker's sweep: close a connection past its deadline.
+
+        An idle keep-alive connection is first read once: a request that has
+        arrived since the last wake-up is served (the state becomes HEAD or
+        READY), not destroyed; otherwise it ends with a FIN (`close_idle`).
+        """
         if self.state is State.HEAD and self.buf:
             self.refuse(408, "timed out reading the request head")
         elif self.state is State.BODY:
             self.refuse(408, "timed out reading the request body")
+        elif self.state is State.IDLE:
+            if self.on_readable(now) is State.IDLE:
+                self.close_idle(now)
         else:
             self.close()
+
+    def close_idle(self, now: float, linger: float = IDLE_LINGER_SECONDS) -> None:
+        """End a connection with a FIN, then read and discard its input for `linger`.
+
+        close() with unread bytes in the receive buffer sends an RST, which
+        destroys the request in them and anything of ours the client has not
+        read yet (RFC 9112 §9.6). After shutdown(SHUT_WR) the client sees a
+        clean end of stream; what it sent across our FIN is absorbed here
+        (CLOSING) until it closes too or `linger` runs out.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.state = State.CLOSING
+        self.buf = bytearray()
+        self.deadline = now + linger
 
     # -- answering without the app ---------------------------------------
     def refuse(self, status: int, detail: str) -> None:
@@ -589,7 +620,13 @@ class Connection:
                 keep = False
         decoder, self.decoder = self.decoder, _NO_BODY
         if not keep:
-            self.close()
+            if self.keep_alive and not writer.broken and not self.peer_closed:
+                # The client meant to keep the connection (a draining worker, or
+                # the app said close): it may have sent its next request
+                # already. A FIN, not a reset that could destroy this response.
+                self.close_idle(now)
+            else:
+                self.close()
             return
         # Bytes after this request (a pipelined next request) stay with the
         # body decoder: take them back for the next head.
@@ -654,7 +691,11 @@ def _wait(fd: int, events: int, deadline: float) -> bool:
 
 
 def settings_from(cfg: Config) -> Settings:
-    """A worker's connection settings, built once after fork from its config."""
+    """A worker's connection settings, built once after fork from its config.
+
+    The parser is picked here, once per worker: ConfigError if `--http
+    httptools` and httptools went missing since the master checked.
+    """
     tls = None
     if cfg.certfile:
         tls = make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
@@ -674,4 +715,5 @@ def settings_from(cfg: Config) -> Settings:
         forwarded=AllowList(cfg.forwarded_allow_ips),
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
+        parse_head=head_parser(cfg.http),
     )

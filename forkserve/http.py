@@ -46,6 +46,18 @@ _CHUNK_LINE = re.compile(
     rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*'
 )
 
+# RFC 9110 §9.1: methods are case-sensitive tokens, and an origin server answers
+# one it does not recognise with 501. These are the ones llhttp (httptools)
+# recognises in a request: the registered methods of HTTP, WebDAV, CalDAV,
+# UPnP and the QUERY draft. h11 would take any token; refusing the rest under
+# both parsers keeps the two answering alike (tests/conformance/test_parsers.py
+# checks this list against llhttp). CONNECT is refused on its own (501).
+METHODS = frozenset(
+    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK M-SEARCH MERGE MKACTIVITY "
+    b"MKCALENDAR MKCOL MOVE NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT QUERY "
+    b"REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND UNLINK UNLOCK UNSUBSCRIBE".split()
+)
+
 # A chunk-size line with its extensions. Extensions are ignored, so anything
 # longer is an attack, not a client (gunicorn, nginx and node cap it similarly).
 MAX_CHUNK_LINE = 4096
@@ -270,6 +282,9 @@ def check_head(head: bytes, limits: Limits) -> HeadFacts:
     if connection:
         tokens = {t.strip(b" \t").lower() for value in connection for t in value.split(b",")}
         keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+    if method not in METHODS:
+        # Last: a malformed head is a 400 whatever its method.
+        raise HTTPError(501, "method not implemented")
     return HeadFacts(method, http11, bool(transfer_encodings), content_length, expect_continue,
                      keep_alive)
 

@@ -19,6 +19,7 @@ from forkserve.connection import RECV_SIZE, ClientSocket, Connection, RequestHoo
 from forkserve.environ import ServerFacts
 from forkserve.http import Limits
 from forkserve.log import AccessLog
+from forkserve.parser import HeadParser, parse_h11
 from forkserve.wsgi import FileWrapper
 
 
@@ -69,14 +70,15 @@ class MemorySocket:
 class InProcessClient:
     """One keep-alive connection, driven without a worker loop.
 
-    For benchmarks and tests of the request path: bytes in -> pre-check -> h11
+    For benchmarks and tests of the request path: bytes in -> pre-check -> parser
     -> environ -> app -> response bytes out, through the same `Connection`
     code a worker runs, minus the epoll wake-up. In memory by default (see
     `MemorySocket`); `socketpair=True` puts a real socket pair underneath, so
     each request also pays the kernel's send and receive on both ends.
     """
 
-    def __init__(self, app: Callable[..., Any], socketpair: bool = False) -> None:
+    def __init__(self, app: Callable[..., Any], socketpair: bool = False,
+                 parse_head: HeadParser = parse_h11, limits: Limits | None = None) -> None:
         self.app = app
         self.client: socket.socket | None = None
         self.memory: MemorySocket | None = None
@@ -87,7 +89,8 @@ class InProcessClient:
             server.setblocking(False)
         else:
             server = self.memory = MemorySocket()
-        settings = Settings(Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20)
+        settings = Settings(limits or Limits(), 5.0, 10.0, 10.0, 10.0, 1 << 20,
+                            parse_head=parse_head)
         base = ServerFacts("localhost", "80").base_environ(sys.stderr, FileWrapper)
         self.conn = Connection(server, ("127.0.0.1", 1), base, settings, time.monotonic())
         self.access_log = AccessLog(None, "")
@@ -132,20 +135,21 @@ class InProcessClient:
             self.client.close()
 
 
-_IN_PROCESS: dict[tuple[int, bool], InProcessClient] = {}
+_IN_PROCESS: dict[tuple[int, bool, int], InProcessClient] = {}
 
 
-def process_request_bytes(app: Callable[..., Any], raw: bytes, socketpair: bool = False) -> bytes:
+def process_request_bytes(app: Callable[..., Any], raw: bytes, socketpair: bool = False,
+                          parse_head: HeadParser = parse_h11) -> bytes:
     """Run the request(s) in `raw` through the whole request path in memory.
 
     Reuses one keep-alive connection per app, as a real client would, so a
     loop of calls measures the per-request cost, not connection setup. With
     `socketpair=True` the bytes cross a real socket pair both ways.
     """
-    key = (id(app), socketpair)
+    key = (id(app), socketpair, id(parse_head))
     client = _IN_PROCESS.get(key)
     if client is None or not client.open or client.app is not app:
         if client is not None:
             client.close()
-        client = _IN_PROCESS[key] = InProcessClient(app, socketpair)
+        client = _IN_PROCESS[key] = InProcessClient(app, socketpair, parse_head)
     return client.request(raw)

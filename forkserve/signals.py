@@ -1,14 +1,14 @@
 """Signal handling that only records.
 
-A handler appends the signal number to a queue; `signal.set_wakeup_fd` writes
-a byte to a pipe so the loop's select/epoll wakes up at once. All the work
+`signal.set_wakeup_fd` makes CPython write one byte, the signal number, to
+a pipe for each delivery: that pipe is the queue, and it wakes the loop's
+select/epoll at once. The Python-level handler does nothing. All the work
 happens in the loop (gunicorn's arbiter learnt this the hard way: logging and
 reaping inside handlers deadlocked on reentrant locks).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 from collections.abc import Iterable
@@ -16,29 +16,45 @@ from types import FrameType
 
 
 class SignalQueue:
-    """Installed in one process (master, or a worker after fork)."""
+    """Installed in one process (master, or a worker after fork).
+
+    The record is the wakeup pipe itself: CPython's C-level handler writes one
+    byte, the signal number, for every delivery. The Python-level handler runs
+    later and only once for deliveries that came in the meantime (it keeps one
+    "tripped" flag per signal), so counting its calls lost signals: two
+    `kill -TTOU` in a row removed one worker (issue 11).
+    """
 
     def __init__(self, signals: Iterable[signal.Signals]) -> None:
-        self.pending: collections.deque[int] = collections.deque()
+        self.installed = frozenset(int(sig) for sig in signals)
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
         for sig in signals:
             signal.signal(sig, self._record)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        self.pending.append(signum)  # deque.append is atomic: safe in a handler
+        """Nothing to do: the delivery is already a byte in the wakeup pipe.
+
+        A Python handler must be installed all the same: it is what makes
+        CPython catch the signal (and write the byte) instead of the default
+        action.
+        """
 
     def drain(self) -> list[int]:
-        """Empty the wakeup pipe and return the recorded signals, oldest first."""
+        """Empty the wakeup pipe: one entry per delivered signal, by signal number.
+
+        Signals pending together are delivered by the kernel in no order the
+        sender chose (USR1 then TTIN arrive as TTIN, USR1), so a batch is
+        handled in signal-number order, as CPython runs its handlers: USR1
+        (reopen the logs) comes before what logs about TTIN, TTOU or WINCH.
+        """
+        data = b""
         try:
-            while os.read(self.read_fd, 4096):
-                pass
+            while chunk := os.read(self.read_fd, 4096):
+                data += chunk
         except BlockingIOError:
             pass
-        out = []
-        while self.pending:
-            out.append(self.pending.popleft())
-        return out
+        return sorted(sig for sig in data if sig in self.installed)
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)

@@ -57,7 +57,10 @@ WORKER_SIGNALS = (
 )
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
-ACCEPT_BATCH = 4  # connections taken per wake-up: enough to drain a burst, few enough to share
+# Connections taken per wake-up at most, and none after one whose request is
+# complete (it runs the app next: WorkerLoop.accept). Those still sending
+# their head are parked, so a burst of them is drained in one go.
+ACCEPT_BATCH = 4
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # Balance: a worker that keeps connections alive and holds more than this
 # many above its least loaded serving peer steps out of the accept queue, so
@@ -65,6 +68,12 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # (WorkerLoop.balance).
 BALANCE_SLACK = 1
 BALANCE_RECHECK_S = 0.01
+# Draining: how long an idle keep-alive connection may still bring one more
+# request (answered with Connection: close) before it gets its FIN. A client
+# looping on its connection sends within milliseconds, so it is told to
+# reconnect in a response instead of meeting a close it has to race
+# (docs/signals.md "What happens to connections on a stop").
+DRAIN_LAST_CHANCE_S = 0.5
 
 
 class WorkerState(enum.Enum):
@@ -103,6 +112,9 @@ class Worker:
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
+    # Where a worker that leaves by itself (--max-requests, --max-worker-memory)
+    # tells the master, which starts its replacement at once (arbiter.Notices).
+    notice_fd: int = -1
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -143,6 +155,16 @@ class Worker:
             except Exception:
                 pass
         os._exit(int(code))
+
+    def report_leaving(self, reason: str) -> None:
+        """Tell the master, in one atomic pipe write, that this worker is leaving and why."""
+        if self.notice_fd < 0:
+            return
+        line = f"{os.getpid()} {reason}".encode("utf-8", "replace")[:400] + b"\n"
+        try:
+            os.write(self.notice_fd, line)
+        except OSError:
+            pass  # the master finds out at its next check (heartbeat count, RSS)
 
     def report_boot_error(self, message: str) -> None:
         """Tell the master, in one atomic pipe write, why this worker cannot serve."""
@@ -240,6 +262,19 @@ class WorkerLoop:
         # response, or whose first request asks for keep-alive. Only these
         # make an imbalance last; one closed after its answer is gone at once.
         self.kept: set[int] = set()
+        # Recycling, checked by the worker itself after every request so the
+        # overshoot is what was already in flight, not what half a second of
+        # the master's checks lets through (issue 11: --max-requests 50 served
+        # a median of 2,300 requests; --max-worker-memory 100 reached 565 MiB).
+        self.max_requests = worker.max_requests
+        self.max_rss_pages = 0
+        self.statm_fd = -1
+        if cfg.max_worker_memory:
+            self.max_rss_pages = cfg.max_worker_memory * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
+            try:
+                self.statm_fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # no /proc: the master's check (arbiter.rss_mib) still applies
 
     def boot(self) -> Callable[..., Any]:
         setproctitle.setproctitle(worker_title(self.name, self.worker.generation))
@@ -376,16 +411,54 @@ class WorkerLoop:
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
         conn.run(app, self.access_log, self.hooks)
-        if conn.requests == 1 and conn.state is not State.CLOSED:
-            self.kept.add(conn.fd)
+        if conn.requests == 1 and conn.state not in (State.CLOSED, State.CLOSING):
+            self.keep(conn)
+        # Placed (or forgotten) before a recycle starts draining: draining
+        # accepts, and a new socket may reuse a closed one's fd number.
         self._place(conn)
+        if not self.draining and (self.max_requests or self.statm_fd >= 0):
+            reason = self.recycle_reason()
+            if reason:
+                self.leave(reason)
+
+    def recycle_reason(self) -> str:
+        """Why this worker should be replaced now ("" = it serves on); after each request."""
+        served = self.slot.requests
+        if self.max_requests and served >= self.max_requests:
+            return f"served {served} requests (--max-requests {self.max_requests})"
+        if self.statm_fd >= 0:
+            # One pread of a few bytes from an fd opened at boot: ~2 µs.
+            try:
+                resident = int(os.pread(self.statm_fd, 128, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                return ""
+            if resident > self.max_rss_pages:
+                mib = resident * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+                return f"uses {mib:.0f} MiB (--max-worker-memory {self.cfg.max_worker_memory})"
+        return ""
+
+    def leave(self, reason: str) -> None:
+        """Recycle: take no new request, tell the master (it starts a replacement), drain."""
+        self.worker.report_leaving(reason)
+        self.start_draining()
+
+    def keep(self, conn: Connection) -> None:
+        """`conn` stays open across requests: it counts in the load this worker publishes."""
+        self.kept.add(conn.fd)
+        if not self.draining:
+            self.peers.publish(len(self.kept))
 
     def _place(self, conn: Connection) -> None:
         """After a read or a request: queue it, park it in epoll, or forget it."""
         state = conn.state
         if state is State.CLOSED:
             self._forget(conn)
-        elif state is State.READY:
+            return
+        if state is State.CLOSING and conn.fd in self.kept:
+            self.kept.discard(conn.fd)  # lingering after its FIN: no longer a load
+            if not self.draining:
+                self.peers.publish(len(self.kept))
+        if state is State.READY:
             self.ready.append(conn)  # after the others, for fairness
         elif conn.fd not in self.polled:
             self.epoll.register(conn.fd, select.EPOLLIN)
@@ -415,11 +488,19 @@ class WorkerLoop:
             conn = Connection(sock, peer, base, self.settings, now)
             self.conns[conn.fd] = conn
             # TCP_DEFER_ACCEPT means the request is usually already here.
-            if conn.on_readable(now) is State.READY and conn.keep_alive:
-                self.kept.add(conn.fd)
+            state = conn.on_readable(now)
+            if state is State.READY and conn.keep_alive:
+                self.keep(conn)
             self._place(conn)
+            if state is State.READY and not self.draining:
+                # This connection will run the app: take no more now. With
+                # EPOLLEXCLUSIVE every arrival wakes one worker waiting in
+                # epoll_wait (a worker busy in the app is passed over), so the
+                # next connection goes to an idle peer instead of queueing here
+                # behind this request (issue 11: four 1 s requests on four idle
+                # workers finished at 1, 1, 2 and 3 s with batches of 4).
+                break
         if not self.draining:
-            self.peers.publish(len(self.conns))
             self.balance(now)
 
     # -- balance between workers ------------------------------------------
@@ -440,12 +521,19 @@ class WorkerLoop:
         if self.draining:
             return
         ahead = False
-        # Only connections kept alive make an imbalance last: under
+        # Only connections kept alive make an imbalance last, and only they are
+        # counted, here and in the load each worker publishes: under
         # Connection: close each one is gone after its answer, and the kernel
-        # already hands each to whichever worker is waiting.
-        if len(self.kept) > BALANCE_SLACK:
+        # already hands each to whichever worker is waiting. (Counting them
+        # made every worker look ahead at once under connection-close traffic
+        # beside idle keep-alive connections, and all of them left the accept
+        # queue together: issue 11, 7,539 requests/s fell to 344.) A worker
+        # leaves only when strictly ahead of a serving peer by more than the
+        # slack, so the least loaded serving worker always accepts.
+        kept = len(self.kept)
+        if kept > BALANCE_SLACK:
             fewest = self.peers.fewest(now)
-            ahead = fewest is not None and len(self.conns) > fewest + BALANCE_SLACK
+            ahead = fewest is not None and kept > fewest + BALANCE_SLACK
         if ahead and not self.aside:
             for fd in self.listen_socks:
                 self.epoll.unregister(fd)
@@ -476,15 +564,15 @@ class WorkerLoop:
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
             if conn.state in (State.READY,):
                 continue
-            conn.expire(now)
-            if conn.state is State.CLOSED:
-                self._forget(conn)
+            conn.expire(now)  # an idle one with a request just in is served instead
+            self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
         if self.conns.pop(conn.fd, None) is not None:
-            self.kept.discard(conn.fd)
-            if not self.draining:
-                self.peers.publish(len(self.conns))
+            if conn.fd in self.kept:
+                self.kept.discard(conn.fd)
+                if not self.draining:
+                    self.peers.publish(len(self.kept))
             if conn.fd in self.polled:
                 self.polled.discard(conn.fd)
                 try:
@@ -524,13 +612,20 @@ class WorkerLoop:
             self.listen_socks[fd][0].close()
         self.listen_socks.clear()
         self.aside = False
-        # Close only connections idle between requests. One just accepted whose
-        # first bytes are still in flight (no TCP_DEFER_ACCEPT on unix sockets)
-        # is a request on its way: it keeps its head deadline and gets served.
+        # Nothing that has arrived is dropped. An idle keep-alive connection
+        # may hold a request the kernel received while this worker was busy in
+        # the app (it has not been read yet): read it now, and it is served
+        # with Connection: close. The others get a short last chance
+        # (DRAIN_LAST_CHANCE_S), then the sweep ends them with a FIN. One just
+        # accepted whose first bytes are still in flight (no TCP_DEFER_ACCEPT on
+        # unix sockets) is a request on its way: it keeps its head deadline.
+        last_chance = now + DRAIN_LAST_CHANCE_S
         for conn in list(self.conns.values()):
-            idle_between = conn.state is State.HEAD and not conn.buf and conn.requests > 0
-            if conn.state is State.IDLE or idle_between:
-                self._forget(conn)
+            if conn.state is State.IDLE:
+                conn.on_readable(now)
+                if conn.state is State.IDLE:
+                    conn.deadline = min(conn.deadline, last_chance)
+                self._place(conn)
 
 
 def _error_log_fd() -> int:

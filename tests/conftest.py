@@ -1,9 +1,16 @@
-"""Shared test configuration: the repo root on sys.path so `tests.support` imports."""
+"""Shared test configuration: the repo root on sys.path so `tests.support` imports.
+
+`http_parser` runs a module's server under each request parser (--http h11
+and --http httptools): the request-path tests take it, lifecycle tests do not.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -11,3 +18,17 @@ if str(ROOT) not in sys.path:
 APPS = ROOT / "tests" / "apps"
 if str(APPS) not in sys.path:
     sys.path.insert(0, str(APPS))
+
+HTTPTOOLS_MISSING = importlib.util.find_spec("httptools") is None
+HTTP_PARSERS = [
+    "h11",
+    pytest.param("httptools", marks=pytest.mark.skipif(
+        HTTPTOOLS_MISSING, reason="httptools is not installed (pip install 'forkserve[fast]')")),
+]
+
+
+@pytest.fixture(scope="module", params=HTTP_PARSERS)
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """`h11`, then `httptools`: the --http of the module's server."""
+    param: str = request.param
+    return param

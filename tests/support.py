@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 LISTEN_RE = re.compile(r"Listening at: (\S+)")
 BOOT_DEADLINE = 20.0
+TEST_HTTP_ENV = "FORKSERVE_TEST_HTTP"
 
 
 class Server:
@@ -38,9 +39,16 @@ class Server:
         cwd: str | os.PathLike[str] | None = None,
         wait_workers: int | None = None,
         command: Sequence[str] | None = None,
+        http: str | None = None,
     ) -> None:
         self.app = app
         self.args = list(args)
+        # The request parser (--http): a parametrised fixture's (`http_parser`),
+        # else FORKSERVE_TEST_HTTP to run every server under one parser, else
+        # the server's own default (auto).
+        http = http or os.environ.get(TEST_HTTP_ENV) or None
+        if http:
+            self.args += ["--http", http]
         self.bind = list(bind) if bind is not None else []
         self.cwd = str(cwd) if cwd is not None else str(TESTS / "apps")
         self.env = dict(os.environ)

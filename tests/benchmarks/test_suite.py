@@ -30,6 +30,37 @@ def test_micro_rows_measure_the_real_request_path() -> None:
     assert f"{result['forkserve_request_path_us']:.2f}" in table and "socketpair" in table
 
 
+def test_micro_rows_under_httptools() -> None:
+    pytest.importorskip("httptools")
+    result = micro.run_micro(quick=True)
+    assert result["forkserve_httptools_status"] == "ok"
+    for key in ("httptools_round_trip_us", "forkserve_httptools_us",
+                "forkserve_httptools_over_httptools"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    table = micro.format_micro(result)
+    assert f"{result['forkserve_httptools_us']:.2f}" in table
+    assert "httptools round trip" in table
+
+
+def test_micro_httptools_row_is_the_httptools_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The httptools row passes the httptools adapter into the request path."""
+    pytest.importorskip("httptools")
+    import forkserve.inprocess
+
+    seen: list[object] = []
+    real = forkserve.inprocess.process_request_bytes
+
+    def spy(app: object, raw: bytes, socketpair: bool = False, **kwargs: object) -> bytes:
+        seen.append(kwargs.get("parse_head"))
+        return real(app, raw, socketpair, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(forkserve.inprocess, "process_request_bytes", spy)
+    path, status = micro.forkserve_path(http="httptools")
+    assert status == "ok" and path is not None
+    path()
+    assert seen and all(getattr(p, "__name__", "") == "parse_httptools" for p in seen)
+
+
 def test_micro_rows_take_turns_and_ratios_are_taken_within_each_turn(
         monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
@@ -105,18 +136,24 @@ def test_compile_bytecode_writes_pyc_for_the_tree(tmp_path: Path,
     assert raw["notes"] and "byte-compiling" in raw["notes"][0]
 
 
+@pytest.mark.parametrize("reference", [report.FLOOR, report.FAST_FLOOR, "bjoern",
+                                       report.FAST])
 @pytest.mark.parametrize("app, method, size", [
     ("benchmarks.apps:hello", "GET", 13),
     ("benchmarks.apps:echo", "POST", 64 * 1024),
     ("benchmarks.apps:stream", "GET", 1024 * 1024),
 ])
-def test_the_h11_floor_serves_every_scenario(
-        tmp_path: Path, app: str, method: str, size: int) -> None:
-    """The reference the targets come from must answer what the scenarios send,
-    or its row would measure errors."""
+def test_the_floors_and_new_rows_serve_every_scenario(
+        tmp_path: Path, app: str, method: str, size: int, reference: str) -> None:
+    """The references the targets come from (and the rows new in issue 13) must
+    answer what the scenarios send, or their rows would measure errors."""
     import requests
 
-    running = servers.start(servers.SERVERS[report.FLOOR], app, 2, tmp_path)
+    spec = servers.SERVERS[reference]
+    why = spec.missing()
+    if why:
+        pytest.skip(f"{reference}: {why}")
+    running = servers.start(spec, app, 2, tmp_path)
     try:
         with requests.Session() as session:
             url = f"http://{servers.HOST}:{running.port}/any?x=1"
@@ -142,6 +179,24 @@ def test_floor_ratios_sit_beside_the_targets() -> None:
         "flask-keepalive": scenario({"gunicorn-sync": 2000.0}),  # no floor row: no ratio
     }}
     ratios = report.floor_ratios(summary)
-    assert ratios["hello keep-alive >= 3.0x gunicorn sync"] == "2.250x"
-    assert ratios["hello keep-alive ahead of uWSGI"] == "0.750x"
-    assert "Flask keep-alive >= 1.8x gunicorn sync" not in ratios
+    assert ratios["h11: hello keep-alive >= 3.0x gunicorn sync"] == "2.250x"
+    assert ratios["h11: hello keep-alive ahead of uWSGI"] == "0.750x"
+    assert "h11: Flask keep-alive >= 1.8x gunicorn sync" not in ratios
+    assert "httptools: hello keep-alive >= 2.0x uWSGI" not in ratios  # no httptools floor
+
+
+def test_httptools_targets_use_the_httptools_rows() -> None:
+    def scenario(rps: dict[str, float]) -> dict[str, object]:
+        return {"servers": {name: {"rps": value} for name, value in rps.items()},
+                "ratios": {}}
+
+    summary = {"scenarios": {
+        "hello-keepalive": scenario({"forkserve-httptools": 30000.0, "uwsgi": 12000.0,
+                                     "granian": 40000.0, "httptools-floor": 45000.0}),
+    }, "memory_ratios": {}}
+    rows = {label: (measured, met) for label, measured, met in
+            report.evaluate_targets({}, summary)}
+    assert rows["httptools: hello keep-alive >= 2.0x uWSGI"] == ("2.500x", True)
+    assert rows["httptools: hello keep-alive >= 0.8x granian"] == ("0.750x", False)
+    assert rows["httptools: Flask keep-alive >= 1.0x granian"] == ("not measured", None)
+    assert report.floor_ratios(summary)["httptools: hello keep-alive >= 2.0x uWSGI"] == "3.750x"

@@ -70,11 +70,12 @@ CASES = load_cases()
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(tmp_path_factory: pytest.TempPathFactory, http_parser: str) -> Iterator[Target]:
     hits = tmp_path_factory.mktemp("corpus") / "hits.log"
     hits.touch()
     with serve("hardening_apps:echo", *SERVER_ARGS, env={"HARDENING_HITS": str(hits)},
-               wait_workers=2) as server:
+               wait_workers=2, http=http_parser) as server:
+        assert f"Using parser: {http_parser} " in server.log
         pids = server.worker_pids()
         yield Target(server, hits)
         # The same two workers served the whole corpus, without a traceback.

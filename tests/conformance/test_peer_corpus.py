@@ -25,7 +25,12 @@ from tests.support import REPO, Server
 
 pytestmark = pytest.mark.process
 
-PEER = REPO.parent / "shared" / "conformance" / "gunicorn-requests"
+# Beside the checkout (/work/main -> /work/shared), or beside the folder of
+# worktrees (/work/wt/NAME -> /work/shared).
+PEER = next((p for p in (REPO.parent / "shared" / "conformance" / "gunicorn-requests",
+                         REPO.parent.parent / "shared" / "conformance" / "gunicorn-requests")
+             if (p / "manifest.json").is_file()),
+            REPO.parent / "shared" / "conformance" / "gunicorn-requests")
 MISSING = not (PEER / "manifest.json").is_file()
 MISSING_REASON = f"peer corpus not present at {PEER} (it is optional; forkserve's own corpus " \
                  "is tests/conformance/requests.yaml)"
@@ -101,14 +106,15 @@ CASES = load()
 class Servers:
     """One forkserve per distinct set of flags, started on first use."""
 
-    def __init__(self, hits: Path) -> None:
+    def __init__(self, hits: Path, http: str) -> None:
         self.hits = hits
+        self.http = http
         self.running: dict[tuple[str, ...], Server] = {}
 
     def get(self, flags: tuple[str, ...]) -> Server:
         if flags not in self.running:
             server = Server("hardening_apps:echo", "--workers", "2" if not flags else "1",
-                            *flags, env={"HARDENING_HITS": str(self.hits)})
+                            *flags, env={"HARDENING_HITS": str(self.hits)}, http=self.http)
             server.start()
             self.running[flags] = server
         return self.running[flags]
@@ -122,10 +128,10 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers(tmp_path_factory: pytest.TempPathFactory, http_parser: str) -> Iterator[Servers]:
     hits = tmp_path_factory.mktemp("peer") / "hits.log"
     hits.touch()
-    group = Servers(hits)
+    group = Servers(hits, http_parser)
     try:
         yield group
     finally:

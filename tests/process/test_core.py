@@ -31,9 +31,10 @@ def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(marks: Path) -> Iterator[Server]:
+def server(marks: Path, http_parser: str) -> Iterator[Server]:
     with serve("core_apps:app", "--workers", "2", "--keep-alive", "5",
-               env={"CORE_APPS_MARKS": str(marks)}, wait_workers=2) as s:
+               env={"CORE_APPS_MARKS": str(marks)}, wait_workers=2, http=http_parser) as s:
+        assert f"Using parser: {http_parser} " in s.log  # the parametrisation took
         yield s
 
 

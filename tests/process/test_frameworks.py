@@ -13,16 +13,17 @@ pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")
-def flask_server() -> Iterator[Server]:
+def flask_server(http_parser: str) -> Iterator[Server]:
     pytest.importorskip("flask")
-    with serve("flask_app:app", "--workers", "2") as s:
+    with serve("flask_app:app", "--workers", "2", http=http_parser) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def django_server() -> Iterator[Server]:
+def django_server(http_parser: str) -> Iterator[Server]:
     pytest.importorskip("django")
-    with serve("djangoproj.wsgi:application", "--workers", "2", "--root-path", "/site") as s:
+    with serve("djangoproj.wsgi:application", "--workers", "2", "--root-path", "/site",
+               http=http_parser) as s:
         yield s
 
 

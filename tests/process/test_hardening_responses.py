@@ -20,8 +20,8 @@ pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with serve("hardening_apps:bad_responses", "--workers", "1") as server:
+def server(http_parser: str) -> Iterator[Server]:
+    with serve("hardening_apps:bad_responses", "--workers", "1", http=http_parser) as server:
         yield server
 
 

@@ -35,10 +35,10 @@ TICK = 0.5  # seconds between trickled bytes
 
 
 @pytest.fixture(scope="module")
-def trickle_server() -> Iterator[Server]:
+def trickle_server(http_parser: str) -> Iterator[Server]:
     with serve("hardening_apps:slow_clients", "--workers", "2",
                "--header-timeout", str(DEADLINE), "--body-timeout", str(DEADLINE),
-               wait_workers=2) as server:
+               wait_workers=2, http=http_parser) as server:
         yield server
 
 

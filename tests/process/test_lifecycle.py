@@ -128,7 +128,7 @@ def test_a_worker_exits_when_its_master_dies() -> None:
 
 
 # -- recycling ------------------------------------------------------------
-def test_max_requests_replaces_the_worker_after_its_replacement_serves() -> None:
+def test_max_requests_replaces_the_worker_at_once() -> None:
     with serve(APP, "--workers", "1", "--max-requests", "20", wait_workers=1) as s:
         (first,) = s.worker_pids()
         with LoadLoop(s.url + "/pid", threads=2) as load:
@@ -139,10 +139,11 @@ def test_max_requests_replaces_the_worker_after_its_replacement_serves() -> None
         assert re.search(rf"Replacing worker {first}: served (\d+) requests "
                          r"\(--max-requests 20\)", log)
         assert load.pids.count(first) >= 20
-        # Start before stop: the replacement booted before the old worker was retired.
+        # The worker told the master as it left: the replacement started at once,
+        # without waiting for the old worker to exit (issue 11).
         second = booted_pids(log)[1]
-        assert log.index(f"Booted worker with pid: {second}") < log.index(
-            f"Retiring worker {first}")
+        assert log.index(f"Replacing worker {first}") < log.index(
+            f"Booting worker with pid: {second}")
 
 
 def test_max_requests_jitter_spreads_the_limits() -> None:

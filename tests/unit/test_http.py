@@ -47,7 +47,8 @@ GOOD = [
     head("GET / HTTP/1.1", "Host: 0.0.0.0=5000"),
     head("GET / HTTP/1.1", "Host:"),
     head("GET /caf%C3%A9 HTTP/1.1", "Host: a", "X: caf\xe9"),
-    head("-BLARGH / HTTP/1.1", "Host: a"),
+    head("PROPFIND / HTTP/1.1", "Host: a"),
+    head("M-SEARCH /x HTTP/1.1", "Host: a"),
     head("GET / HTTP/1.1", "Host: a", "X.Custom|Pipe: ok"),
     head("GET / HTTP/1.1", "Host: a", "Cookie: a=1", "Cookie: b=2"),
 ]
@@ -58,6 +59,9 @@ BAD = [
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked", "Content-Length: 3"), 400),
     (head("POST / HTTP/1.0", "Transfer-Encoding: chunked"), 400),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked"), 501),
+    # RFC 9110 §9.1: an unrecognised method (one llhttp does not know either).
+    (head("-BLARGH / HTTP/1.1", "Host: a"), 501),
+    (head("get / HTTP/1.1", "Host: a"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: identity, chunked"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, gzip"), 400),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, chunked"), 400),

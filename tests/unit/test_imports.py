@@ -11,6 +11,8 @@ import ssl
 import subprocess
 import sys
 
+import pytest
+
 from forkserve.config import CERT_REQS
 
 # module -> what needs it
@@ -42,3 +44,24 @@ def test_serving_path_does_not_import_heavy_optional_modules() -> None:
 def test_cert_reqs_numbers_are_ssl_verify_modes() -> None:
     assert CERT_REQS == {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
                          "required": ssl.CERT_REQUIRED}
+
+
+def _loads_httptools(http: str) -> bool:
+    code = (
+        "import sys\n"
+        "import forkserve.cli, forkserve.arbiter, forkserve.worker\n"
+        "from forkserve.config import Config\n"
+        "from forkserve.connection import settings_from\n"
+        f"settings_from(Config(app='x:y', http={http!r}))\n"
+        "print('httptools' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return done.stdout.strip() == "True"
+
+
+def test_httptools_is_imported_only_when_it_serves() -> None:
+    pytest.importorskip("httptools")
+    assert not _loads_httptools("h11")
+    assert _loads_httptools("httptools")
+    assert _loads_httptools("auto")

@@ -1,0 +1,147 @@
+"""Clients that keep their connections alive, for the keep-alive process tests (issue 11).
+
+Two kinds, used as users use them: `requests.Session` loops (urllib3's pool,
+which reuses a connection until the server closes it) and raw sockets that
+send request after request on one connection and open a new one only after a
+response that says `Connection: close`. Both count every request that got no
+response as a failure, whatever the cause (a reset, a close before the
+response, a timeout).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+CLOSE_RE = re.compile(rb"(?i)\r\nconnection: *close\r\n")
+LENGTH_RE = re.compile(rb"(?i)\r\ncontent-length: *(\d+)\r\n")
+
+
+def read_response(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One response with a Content-Length from `sock`: (head, body, bytes left over)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before the response ({len(buf)} bytes)")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    m = LENGTH_RE.search(head + b"\r\n")
+    length = int(m.group(1)) if m else 0
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in the middle of the body")
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+@dataclass
+class KeepAliveClients:
+    """`sessions` requests.Session loops and `sockets` raw-socket loops, in threads.
+
+    `ok` counts answered requests; `failures` lists every request that was sent
+    and got no complete response. `refused` counts connection attempts that
+    failed before a request was sent (only expected once the port closes, on a
+    TERM); those are not requests that reached the server.
+    """
+
+    url: str
+    address: tuple[str, int]
+    sessions: int = 2
+    sockets: int = 2
+    path: str = "/pid"
+    ok: int = 0
+    refused: int = 0
+    failures: list[str] = field(default_factory=list)
+    closes_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._session_loop, daemon=True)
+                         for _ in range(self.sessions)]
+        self._threads += [threading.Thread(target=self._socket_loop, daemon=True)
+                          for _ in range(self.sockets)]
+
+    def _count(self, ok: bool, failure: str = "") -> None:
+        with self._lock:
+            if ok:
+                self.ok += 1
+            else:
+                self.failures.append(failure)
+
+    def _session_loop(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                r = session.get(self.url + self.path, timeout=10)
+            except requests.ConnectionError as exc:
+                if "refused" in str(exc).lower():
+                    with self._lock:
+                        self.refused += 1
+                    time.sleep(0.01)
+                    continue
+                self._count(False, f"session: {type(exc).__name__}: {exc}")
+                continue
+            except Exception as exc:
+                self._count(False, f"session: {type(exc).__name__}: {exc}")
+                continue
+            self._count(r.status_code == 200, f"session: status {r.status_code}")
+        session.close()
+
+    def _socket_loop(self) -> None:
+        sock: socket.socket | None = None
+        buf = b""
+        request = f"GET {self.path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+        while not self._stop.is_set():
+            if sock is None:
+                try:
+                    sock = socket.create_connection(self.address, timeout=10)
+                except OSError:
+                    with self._lock:
+                        self.refused += 1
+                    time.sleep(0.01)
+                    continue
+                buf = b""
+            try:
+                sock.sendall(request)
+                head, _body, buf = read_response(sock, buf)
+            except OSError as exc:
+                self._count(False, f"socket: {type(exc).__name__}: {exc}")
+                sock.close()
+                sock = None
+                continue
+            self._count(head.startswith(b"HTTP/1.1 200 "), f"socket: {head[:40]!r}")
+            if CLOSE_RE.search(head + b"\r\n"):
+                with self._lock:
+                    self.closes_seen += 1
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> KeepAliveClients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+    def wait_for(self, answered: int, timeout: float = 10.0) -> None:
+        """Wait until `answered` more requests got their response."""
+        deadline = time.monotonic() + timeout
+        start = self.ok
+        while self.ok - start < answered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.ok - start >= answered, f"only {self.ok - start} answered in {timeout}s"

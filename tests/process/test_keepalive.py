@@ -1,0 +1,263 @@
+"""Keep-alive under change: no request lost when workers drain or recycle (issue 11).
+
+Every test here uses clients that keep their connections open (raw sockets
+that reuse one connection, `requests.Session`), which is what the older
+tests, opening one connection per request, could not see.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.process.keepalive_support import CLOSE_RE, KeepAliveClients, read_response
+from tests.process.lifecycle_support import alive, booted_pids, wait_until
+from tests.support import Server, serve
+
+pytestmark = pytest.mark.process
+
+APP = "lifecycle_apps:app"
+GET = b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def parked_connection(address: tuple[str, int]) -> socket.socket:
+    """A connection that has had one answer and now waits, kept alive, in its worker."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(GET)
+    head, _, rest = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ") and not CLOSE_RE.search(head + b"\r\n")
+    assert rest == b""
+    return sock
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything until the server's FIN; a reset raises ConnectionResetError."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_term_answers_a_request_sent_on_a_parked_connection_while_the_worker_was_busy() -> None:
+    # The issue's reproduction: one worker, busy in a 2 s request; TERM to the
+    # master; 0.2 s later a GET on a keep-alive connection parked in that
+    # worker. The GET sits in the kernel's receive buffer until the worker
+    # drains: it must be answered (with Connection: close), not reset.
+    s = Server(APP, "--workers", "1", "--graceful-timeout", "10", wait_workers=1).start()
+    try:
+        parked = parked_connection(s.address)
+        slow: dict[str, int] = {}
+        t = threading.Thread(target=lambda: slow.setdefault(
+            "status", requests.get(s.url + "/slow?2", timeout=10).status_code))
+        t.start()
+        time.sleep(0.4)  # the only worker is inside the app
+        s.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        parked.sendall(GET)
+        data = read_to_eof(parked)
+        parked.close()
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert CLOSE_RE.search(data)
+        t.join(10)
+        assert slow["status"] == 200
+        assert s.wait_exit(15) == 0
+    finally:
+        s.kill()
+
+
+def test_a_parked_idle_connection_is_closed_with_a_fin_on_term() -> None:
+    # Nothing to answer: the worker says goodbye with a FIN, never a reset, and
+    # a request sent in the short last chance before it is still answered.
+    s = Server(APP, "--workers", "1", wait_workers=1).start()
+    try:
+        idle = parked_connection(s.address)
+        last_chance = parked_connection(s.address)
+        s.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        last_chance.sendall(GET)
+        data = read_to_eof(last_chance)
+        assert data.startswith(b"HTTP/1.1 200 ") and CLOSE_RE.search(data)
+        assert read_to_eof(idle) == b""  # a clean end of stream
+        assert s.wait_exit(15) == 0
+    finally:
+        s.kill()
+
+
+def run_clients_through(server: Server, event: object, sessions: int = 3, sockets: int = 3,
+                        before: int = 40, after: int = 40) -> KeepAliveClients:
+    """Keep-alive clients loop before, during and after `event()`; returns their counts."""
+    with KeepAliveClients(server.url, server.address, sessions=sessions,
+                          sockets=sockets) as clients:
+        clients.wait_for(before)
+        event()  # type: ignore[operator]
+        clients.wait_for(after, timeout=15)
+    return clients
+
+
+def test_hup_loses_no_request_of_keepalive_clients() -> None:
+    with serve(APP, "--workers", "2", wait_workers=2) as s:
+        old = set(s.worker_pids())
+
+        def hup_twice() -> None:
+            for generation in (2, 3):
+                s.send_signal(signal.SIGHUP)
+                s.wait_for_log(f"Reload complete: generation {generation}")
+                wait_until(lambda: not (set(s.worker_pids()) & old), what="old workers gone")
+                old.update(s.worker_pids())
+
+        clients = run_clients_through(s, hup_twice)
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+        assert clients.closes_seen > 0  # the old workers said Connection: close
+
+
+def test_ttou_loses_no_request_of_keepalive_clients() -> None:
+    with serve(APP, "--workers", "3", wait_workers=3) as s:
+
+        def ttou() -> None:
+            s.send_signal(signal.SIGTTOU)
+            wait_until(lambda: len(s.worker_pids()) == 2, what="one worker fewer")
+
+        clients = run_clients_through(s, ttou)
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+
+
+def test_max_requests_loses_no_request_of_keepalive_clients() -> None:
+    with serve(APP, "--workers", "2", "--max-requests", "50", wait_workers=2) as s:
+        clients = run_clients_through(s, lambda: s.wait_for_log("Worker \\d+ exited", count=4,
+                                                               timeout=20))
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+
+
+def test_max_worker_lifetime_loses_no_request_of_keepalive_clients() -> None:
+    with serve(APP, "--workers", "2", "--max-worker-lifetime", "1", wait_workers=2) as s:
+        clients = run_clients_through(s, lambda: s.wait_for_log("Worker \\d+ exited", count=3,
+                                                               timeout=20))
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+
+
+def test_max_worker_memory_loses_no_request_of_keepalive_clients() -> None:
+    with serve(APP, "--workers", "2", "--max-worker-memory", "120", wait_workers=2) as s:
+
+        def grow() -> None:
+            requests.get(s.url + "/grow?150", timeout=10, headers={"Connection": "close"})
+            s.wait_for_log("Worker \\d+ exited", timeout=20)
+
+        clients = run_clients_through(s, grow)
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+
+
+def test_usr2_then_term_to_the_old_master_loses_no_request_of_keepalive_clients(
+        tmp_path: Path) -> None:
+    pidfile = tmp_path / "fs.pid"
+    with serve(APP, "--workers", "2", "--pid", str(pidfile), wait_workers=2) as s:
+        old_master = s.pid
+        new_master = 0
+
+        def upgrade() -> None:
+            nonlocal new_master
+            s.send_signal(signal.SIGUSR2)
+            wait_until(lambda: len(booted_pids(s.log)) >= 4, what="new master's workers")
+            new_master = int(pidfile.read_text())
+            os.kill(old_master, signal.SIGTERM)  # no WINCH first: TERM drains the workers
+            assert s.wait_exit(15) == 0
+
+        try:
+            clients = run_clients_through(s, upgrade)
+            assert clients.failures == [], clients.failures[:5]
+            assert clients.refused == 0
+        finally:
+            if new_master and alive(new_master):
+                os.kill(new_master, signal.SIGTERM)
+                wait_until(lambda: not alive(new_master), what="new master exits")
+
+
+def test_reload_on_code_change_loses_no_request_of_keepalive_clients(tmp_path: Path) -> None:
+    (tmp_path / "reload_app.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n"
+        "    return [b'v1']\n")
+    with serve("reload_app:app", "--workers", "2", "--reload", cwd=tmp_path,
+               wait_workers=2) as s:
+
+        def edit() -> None:
+            text = (tmp_path / "reload_app.py").read_text().replace("v1", "v2")
+            (tmp_path / "reload_app.py").write_text(text)
+            s.wait_for_log("Reload complete: generation 2", timeout=15)
+            s.wait_for_log("Worker \\d+ exited", count=2, timeout=15)
+
+        clients = run_clients_through(s, edit)
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.refused == 0
+
+
+def test_term_answers_every_request_that_reached_the_server() -> None:
+    # After TERM the port closes: new connections may be refused, and that is
+    # expected; but every request sent on an open connection gets its answer.
+    s = Server(APP, "--workers", "2", wait_workers=2).start()
+    try:
+        with KeepAliveClients(s.url, s.address, sessions=0, sockets=6) as clients:
+            clients.wait_for(40)
+            s.send_signal(signal.SIGTERM)
+            assert s.wait_exit(15) == 0
+        assert clients.failures == [], clients.failures[:5]
+        assert clients.closes_seen >= 6
+    finally:
+        s.kill()
+
+
+
+# -- recycling is precise ---------------------------------------------------
+def test_max_requests_stops_taking_requests_at_the_limit() -> None:
+    # Two keep-alive clients loop as fast as they can. At its 20th request the
+    # worker takes no new one: it answers what has already arrived (at most
+    # one more per open connection, with Connection: close) and leaves, and
+    # the master starts its replacement at once (the worker wakes it).
+    with serve(APP, "--workers", "1", "--max-requests", "20", wait_workers=1) as s:
+        (first,) = s.worker_pids()
+        pids: list[int] = []
+
+        def loop() -> None:
+            with requests.Session() as session:
+                while len(pids) < 80:
+                    pids.append(session.get(s.url + "/pid", timeout=10).json()["pid"])
+
+        threads = [threading.Thread(target=loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        served = pids.count(first)
+        assert 20 <= served <= 22, served
+        assert len(set(pids)) >= 2
+        assert re.search(rf"Replacing worker {first}: served 20 requests", s.log)
+
+
+def test_max_worker_memory_is_checked_after_every_request() -> None:
+    # Each /grow?10 keeps 10 MiB more. The worker leaves after the request
+    # that took it over the limit: it never gets a second one to grow with.
+    with serve(APP, "--workers", "1", "--max-worker-memory", "100", wait_workers=1) as s:
+        (first,) = s.worker_pids()
+        with requests.Session() as session:
+            for _ in range(30):
+                pid = session.get(s.url + "/grow?10", timeout=10).json()["pid"]
+                if pid != first:
+                    break
+        log = s.wait_for_log(rf"Worker {first} exited with OK")
+        m = re.search(rf"Replacing worker {first}: uses (\d+) MiB \(--max-worker-memory 100\)",
+                      log)
+        assert m, log
+        assert 100 < int(m.group(1)) <= 112  # one request's growth past the limit, at most
