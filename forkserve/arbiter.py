@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import setproctitle
 
 from forkserve import __version__, loader
-from forkserve.config import Config
+from forkserve.config import Config, threads_per_worker
 from forkserve.errors import ConfigError, ForkserveError, WorkerExit
-from forkserve.heartbeat import Heartbeats, SlotView
+from forkserve.heartbeat import MIN_RECORDS, Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
@@ -96,7 +96,9 @@ class Arbiter:
         self.pid = os.getpid()
         self.num_workers = cfg.workers
         self.workers: dict[int, Worker] = {}
-        self.heartbeats = Heartbeats(max(64, cfg.workers * 4))
+        self.heartbeats = Heartbeats(
+            max(64, cfg.workers * 4),
+            max(MIN_RECORDS, threads_per_worker(cfg.worker_class, cfg.threads)))
         self.generation = 1
         self.last_generation = 1
         # What a failed reload falls back to: generation, config, pool size.
@@ -190,7 +192,8 @@ class Arbiter:
         self.hooks.call("on_starting", self)
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
-        log.info("Using worker: sync")
+        threads = threads_per_worker(self.cfg.worker_class, self.cfg.threads)
+        log.info("Using worker: %s", f"gthread ({threads} threads)" if threads > 1 else "sync")
         # Also imports httptools when it serves: its pages are then shared by
         # every worker, like ssl's (share_common_modules).
         log.info("Using parser: %s", describe_parser(self.cfg.http))
@@ -310,8 +313,8 @@ class Arbiter:
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
     def retire_order(self, worker: Worker) -> tuple[bool, float]:
-        busy = worker.state is WorkerState.READY and bool(
-            self.heartbeats.read(worker.slot).request_started)
+        view = self.heartbeats.read(worker.slot)
+        busy = worker.state is WorkerState.READY and bool(view.request_started or view.in_flight)
         return busy, worker.started_at
 
     def spawn(self) -> Worker | None:
@@ -714,6 +717,9 @@ class Arbiter:
 
 def describe_activity(view: SlotView, now: float, silent: float) -> str:
     """What a silent worker was doing, from its heartbeat slot, for the timeout line."""
+    if view.in_flight:  # a threaded worker: every request in flight, oldest first
+        running = "; ".join(f"{text} for {now - since:.1f}s" for since, text in view.in_flight)
+        return f"stuck serving {running} (no heartbeat for {silent:.1f}s)"
     if view.request_started:
         return (f"stuck serving {view.request} for {now - view.request_started:.1f}s "
                 f"(no heartbeat for {silent:.1f}s)")

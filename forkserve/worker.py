@@ -33,7 +33,7 @@ from typing import Any
 import setproctitle
 
 from forkserve import loader
-from forkserve.config import Config
+from forkserve.config import Config, threads_per_worker
 from forkserve.connection import Connection, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
@@ -128,7 +128,14 @@ class Worker:
         code: int = WorkerExit.OK
         loop: WorkerLoop | None = None
         try:
-            loop = WorkerLoop(self)
+            threads = threads_per_worker(self.cfg.worker_class, self.cfg.threads)
+            if threads > 1:
+                # Imported only where it serves: a sync worker loads no thread pool.
+                from forkserve.threads import ThreadedLoop
+
+                loop = ThreadedLoop(self, threads)
+            else:
+                loop = WorkerLoop(self)
             code = loop.serve()
         except AppLoadError as exc:
             self.report_boot_error(str(exc))
@@ -223,7 +230,15 @@ class _Hooks(RequestHooks):
 
 
 class WorkerLoop:
-    """The serving loop of one worker process (post-fork only)."""
+    """The serving loop of one worker process (post-fork only).
+
+    This is the sync worker; forkserve.threads.ThreadedLoop extends it for
+    --threads above 1 and swaps in the thread-safe collaborators below.
+    """
+
+    hooks_class: type[_Hooks] = _Hooks
+    access_log_class: type[AccessLog] = AccessLog
+    error_stream_class: type[ErrorStream] = ErrorStream
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -232,7 +247,7 @@ class WorkerLoop:
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.hooks = _Hooks(worker, self.slot)
+        self.hooks = self.hooks_class(worker, self.slot)
         self.name = cfg.proc_name or cfg.app
         self.title_requests = -1
         self.title_at = 0.0
@@ -243,8 +258,8 @@ class WorkerLoop:
         self.conns: dict[int, Connection] = {}
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
-        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat)
-        self.errors = ErrorStream()
+        self.access_log = self.access_log_class(cfg.access_logfile, cfg.access_logformat)
+        self.errors = self.error_stream_class()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
@@ -257,6 +272,7 @@ class WorkerLoop:
         self.last_eviction_log = 0.0
         self.peers = worker.heartbeat.peers(worker.slot)
         self.aside = False  # out of the accept queue: the listeners are not in the epoll set
+        self.saturated_since = 0.0  # threaded: every thread busy since (0.0 = not; sync: never)
         self.recheck_at = 0.0  # while aside: when to look at the others' loads again
         # Connections that stay open across requests: kept open after a
         # response, or whose first request asks for keep-alive. Only these
@@ -411,6 +427,10 @@ class WorkerLoop:
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
         conn.run(app, self.access_log, self.hooks)
+        self.after_request(conn)
+
+    def after_request(self, conn: Connection) -> None:
+        """A request on `conn` was answered: count its connection as kept, place it, recycle?"""
         if conn.requests == 1 and conn.state not in (State.CLOSED, State.CLOSING):
             self.keep(conn)
         # Placed (or forgotten) before a recycle starts draining: draining
@@ -492,7 +512,7 @@ class WorkerLoop:
             if state is State.READY and conn.keep_alive:
                 self.keep(conn)
             self._place(conn)
-            if state is State.READY and not self.draining:
+            if state is State.READY and not self.draining and not self.has_room():
                 # This connection will run the app: take no more now. With
                 # EPOLLEXCLUSIVE every arrival wakes one worker waiting in
                 # epoll_wait (a worker busy in the app is passed over), so the
@@ -502,6 +522,14 @@ class WorkerLoop:
                 break
         if not self.draining:
             self.balance(now)
+
+    def has_room(self) -> bool:
+        """Could a request accepted now start at once? The sync worker's next one waits."""
+        return False
+
+    def parked(self) -> list[Connection]:
+        """The connections this loop may read, expire or close now (all, in a sync worker)."""
+        return list(self.conns.values())
 
     # -- balance between workers ------------------------------------------
     # With EPOLLEXCLUSIVE the kernel wakes the first waiting worker in the
@@ -530,10 +558,13 @@ class WorkerLoop:
         # queue together: issue 11, 7,539 requests/s fell to 344.) A worker
         # leaves only when strictly ahead of a serving peer by more than the
         # slack, so the least loaded serving worker always accepts.
+        # A threaded worker whose threads are all busy steps aside too, while
+        # some peer serves: what it accepts now would only wait for a thread.
         kept = len(self.kept)
-        if kept > BALANCE_SLACK:
+        if kept > BALANCE_SLACK or self.saturated_since:
             fewest = self.peers.fewest(now)
-            ahead = fewest is not None and kept > fewest + BALANCE_SLACK
+            ahead = fewest is not None and (kept > fewest + BALANCE_SLACK
+                                            or self.saturated_since > 0.0)
         if ahead and not self.aside:
             for fd in self.listen_socks:
                 self.epoll.unregister(fd)
@@ -546,7 +577,7 @@ class WorkerLoop:
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
-        idle = [c for c in self.conns.values() if c.state in (State.IDLE, State.HEAD)]
+        idle = [c for c in self.parked() if c.state in (State.IDLE, State.HEAD)]
         if not idle:
             return
         victim = min(idle, key=lambda c: (c.state is not State.IDLE, c.last_active))
@@ -561,7 +592,7 @@ class WorkerLoop:
 
     def sweep(self, now: float) -> None:
         """Close connections past their deadline (idle, slow head, slow body, lingering)."""
-        for conn in [c for c in self.conns.values() if c.deadline <= now]:
+        for conn in [c for c in self.parked() if c.deadline <= now]:
             if conn.state in (State.READY,):
                 continue
             conn.expire(now)  # an idle one with a request just in is served instead
@@ -620,7 +651,7 @@ class WorkerLoop:
         # accepted whose first bytes are still in flight (no TCP_DEFER_ACCEPT on
         # unix sockets) is a request on its way: it keeps its head deadline.
         last_chance = now + DRAIN_LAST_CHANCE_S
-        for conn in list(self.conns.values()):
+        for conn in self.parked():
             if conn.state is State.IDLE:
                 conn.on_readable(now)
                 if conn.state is State.IDLE:
