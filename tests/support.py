@@ -25,6 +25,15 @@ TESTS = Path(__file__).resolve().parent
 LISTEN_RE = re.compile(r"Listening at: (\S+)")
 BOOT_DEADLINE = 20.0
 TEST_HTTP_ENV = "FORKSERVE_TEST_HTTP"
+# Run servers with the threaded worker: `--threads N` unless the test gave its
+# own worker choice. Set by the `worker_threads` fixture (tests/conftest.py),
+# which runs a whole module once more this way; 1 = the sync worker (the default).
+worker_threads = 1
+
+
+def threaded() -> bool:
+    """True while a module runs its --threads variant (the `worker_threads` fixture)."""
+    return worker_threads > 1
 
 
 class Server:
@@ -49,6 +58,8 @@ class Server:
         http = http or os.environ.get(TEST_HTTP_ENV) or None
         if http:
             self.args += ["--http", http]
+        if worker_threads > 1 and not {"--threads", "-k", "--worker-class"} & set(self.args):
+            self.args += ["--threads", str(worker_threads)]
         self.bind = list(bind) if bind is not None else []
         self.cwd = str(cwd) if cwd is not None else str(TESTS / "apps")
         self.env = dict(os.environ)
@@ -59,6 +70,9 @@ class Server:
         self.env["PYTHONWARNINGS"] = "error::wsgiref.validate.WSGIWarning"
         self.env.pop("PORT", None)
         self.env.pop("WEB_CONCURRENCY", None)
+        # The suite's own switches are not settings: forkserve refuses unknown
+        # FORKSERVE_ variables.
+        self.env.pop(TEST_HTTP_ENV, None)
         if env:
             self.env.update(env)
         self.wait_workers = wait_workers
