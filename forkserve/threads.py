@@ -209,7 +209,6 @@ class ThreadedLoop(WorkerLoop):
             conn.hold_fd = True
             busy[conn.fd] = conn
             self.jobs.put(conn)
-        self.update_saturation(now)
 
     def collect(self, now: float) -> None:
         """Take back the connections the threads have answered; place, count, recycle."""
@@ -226,18 +225,22 @@ class ThreadedLoop(WorkerLoop):
             if self.draining and conn.state is State.IDLE:
                 self.last_chance(conn, now)
             self.after_request(conn)
-        self.update_saturation(now)
+        self.slot.saturated(self.saturated_since, now)  # the count moved on
 
     def update_saturation(self, now: float) -> None:
-        """Publish whether every thread is busy (peers and the master read it as busy)."""
+        """Publish whether every thread is busy (peers and the master read it as busy).
+
+        Looked at once per loop pass, after the freed threads got their next
+        requests: a thread that finishes and is handed the next waiting
+        request at once never made the worker unsaturated. (Publishing each
+        dip made the "busy since" always fresh, so under load both workers
+        took the other for a serving peer and stepped aside together: the
+        connections in the backlog waited seconds.)
+        """
         full = len(self.busy) >= self.threads
-        if full and not self.saturated_since:
-            self.saturated_since = now
-        elif not full and self.saturated_since:
-            self.saturated_since = 0.0
-        else:
-            self.slot.saturated(self.saturated_since, now)  # the count moved on
+        if full == bool(self.saturated_since):
             return
+        self.saturated_since = now if full else 0.0
         self.slot.saturated(self.saturated_since, now)
         if not self.draining:
             self.balance(now)
@@ -284,6 +287,7 @@ class ThreadedLoop(WorkerLoop):
                     self.handle_signals()
             if self.ready:
                 self.dispatch(now)
+            self.update_saturation(now)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
             if now >= next_tick:

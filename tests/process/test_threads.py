@@ -261,3 +261,33 @@ def test_django_orm_and_sessions_under_threads(db_path: Path) -> None:
                env=env, wait_workers=2) as server:
         check_visits(server.url, visits(server.url))
         assert "Traceback" not in server.log
+
+
+def test_no_client_starves_when_every_thread_is_busy() -> None:
+    """More keep-alive clients than threads: each one is served, none waits in the backlog.
+
+    A worker whose threads are all busy steps out of the accept queue while a
+    peer serves; both doing it at once would leave new connections unaccepted.
+    """
+    with serve("thread_apps:app", "--workers", "2", "--threads", "4",
+               wait_workers=2) as server:
+        counts: list[int] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            done = 0
+            end = time.monotonic() + 3.0
+            with requests.Session() as session:
+                while time.monotonic() < end:
+                    assert session.get(server.url + "/sleep?0.05", timeout=20).status_code == 200
+                    done += 1
+            with lock:
+                counts.append(done)
+
+        clients = [threading.Thread(target=client) for _ in range(30)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(40)
+        # A fair share is about 8 threads x 3 s / 50 ms / 30 clients = 16 each.
+        assert len(counts) == 30 and min(counts) >= 3, sorted(counts)
