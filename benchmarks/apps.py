@@ -74,3 +74,18 @@ def _read_body(environ: Environ) -> bytes:
         parts.append(part)
         remaining -= len(part)
     return b"".join(parts)
+
+
+IO_WAIT_S = 0.05
+
+
+def io_wait(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Waits 50 ms (a database or upstream call, GIL released), then says hello.
+
+    The I/O-bound scenario (benchmarks/threads.py): what one worker can do at
+    once decides the throughput, not the server's own speed.
+    """
+    import time
+
+    time.sleep(IO_WAIT_S)
+    return hello(environ, start_response)
