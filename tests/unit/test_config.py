@@ -324,7 +324,8 @@ def test_threads_and_worker_class_from_every_source(tmp_path: Path) -> None:
     from forkserve.config import GTHREAD_DEFAULT_THREADS, threads_per_worker
 
     cfg, origin = load({}, {"FORKSERVE_THREADS": "8"})
-    assert (cfg.threads, cfg.worker_class) == (8, "sync") and origin["threads"] == "env FORKSERVE_THREADS"
+    assert (cfg.threads, cfg.worker_class) == (8, "sync")
+    assert origin["threads"] == "env FORKSERVE_THREADS"
     (tmp_path / "forkserve.toml").write_text('threads = 3\nworker-class = "gthread"\n')
     where = find_config_file(None, str(tmp_path))
     assert where is not None
