@@ -246,7 +246,12 @@ class ThreadedLoop(WorkerLoop):
             self.balance(now)
 
     def last_chance(self, conn: Connection, now: float) -> None:
-        """Draining: an idle connection's pending request is served, else it ends soon."""
+        """Draining: an idle connection's pending request is served, else it ends soon.
+
+        A request in flight when the drain began is answered as it started
+        (keep-alive); its connection comes back idle and is treated here as
+        the drain treats those already idle (WorkerLoop.start_draining).
+        """
         conn.on_readable(now)
         if conn.state is State.IDLE:
             conn.deadline = min(conn.deadline, now + DRAIN_LAST_CHANCE_S)
@@ -312,13 +317,6 @@ class ThreadedLoop(WorkerLoop):
         for conn in self.parked():
             conn.close()
         return WorkerExit.OK
-
-    def start_draining(self) -> None:
-        if self.draining:
-            return
-        super().start_draining()
-        for conn in self.busy.values():
-            conn.draining = True  # its answer says Connection: close when not yet sent
 
     # -- per request: --timeout, the title ----------------------------------
     def check_timeouts(self, now: float) -> None:
