@@ -5,13 +5,18 @@
 
 Each pair starts the other tree's server, loads it with wrk, stops it, then
 does the same for this tree, so drift of a shared machine hits both alike.
-Prints requests/s per pair and the median ratio (this tree / other tree).
+Prints requests/s per pair and the median ratio (this tree / other tree),
+and the server's CPU time per request (user + system of the master and its
+workers, read from /proc before the stop): on a machine others load too,
+requests/s swings by 2x between runs, while the CPU a request costs barely
+moves, so its ratio is the one to judge a few percent by.
 Both trees are byte-compiled first (`run.byte_compile`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -23,15 +28,39 @@ from benchmarks import servers, wrk
 from benchmarks.run import APPS, WORK_DIR, byte_compile
 
 
-def requests_per_second(tree: Path, app: str, close: bool, duration_s: int) -> float:
-    """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid."""
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in a process group."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def requests_per_second(tree: Path, app: str, close: bool, duration_s: int
+                        ) -> tuple[float, float]:
+    """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid.
+
+    Returns requests/s and the server's CPU µs per request.
+    """
     running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree)
     try:
+        before = group_cpu_s(running.pid)
         numbers = wrk.run_wrk(running.port, wrk.WrkRequest(close=close), connections=50,
                               duration_s=duration_s, threads=1, script_dir=WORK_DIR)
+        cpu = group_cpu_s(running.pid) - before
     finally:
         servers.stop(running)
-    return numbers["requests"] / (numbers["duration_us"] / 1e6)
+    return (numbers["requests"] / (numbers["duration_us"] / 1e6),
+            cpu * 1e6 / max(1, numbers["requests"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,12 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         byte_compile(tree)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     ratios = []
+    cpu_ratios = []
     for _ in range(args.pairs):
-        theirs = requests_per_second(other, APPS[args.app], args.close, args.duration)
-        ours = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close, args.duration)
+        theirs, their_cpu = requests_per_second(other, APPS[args.app], args.close,
+                                                args.duration)
+        ours, our_cpu = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close,
+                                            args.duration)
         ratios.append(ours / theirs)
-        print(f"other {theirs:9,.0f}  this {ours:9,.0f}  ratio {ours / theirs:.3f}", flush=True)
-    print(f"median ratio (this / other): {statistics.median(ratios):.3f}")
+        cpu_ratios.append(our_cpu / their_cpu)
+        print(f"other {theirs:9,.0f}  this {ours:9,.0f}  ratio {ours / theirs:.3f}   "
+              f"CPU/request other {their_cpu:6.1f} µs  this {our_cpu:6.1f} µs  "
+              f"ratio {our_cpu / their_cpu:.3f}", flush=True)
+    print(f"median ratio (this / other): {statistics.median(ratios):.3f} requests/s, "
+          f"{statistics.median(cpu_ratios):.3f} CPU per request")
     return 0
 
 
