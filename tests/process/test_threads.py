@@ -86,7 +86,8 @@ def test_two_workers_eight_threads_serve_sixteen_at_once() -> None:
 
 
 def test_pipelined_requests_answered_in_order_while_others_run() -> None:
-    with serve("thread_apps:app", "--workers", "1", "--threads", "4") as server:
+    # Threads to spare: a connection that could go to a second thread would.
+    with serve("thread_apps:app", "--workers", "1", "--threads", "8") as server:
         others: list[requests.Response] = []
         runner = threading.Thread(
             target=lambda: others.extend(get_many(server.url, ["/sleep?0.6"] * 3)))
@@ -94,10 +95,17 @@ def test_pipelined_requests_answered_in_order_while_others_run() -> None:
         time.sleep(0.2)  # the three are in the app now
         with socket.create_connection(server.address, timeout=20) as sock:
             # Slow, fast, slow, fast on one connection: a second thread taking the
-            # fast one early would answer it first.
-            sock.sendall(b"".join(
-                f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                for p in ("/sleep?0.3", "/a", "/sleep?0.1", "/b")))
+            # fast one early would answer it first. The last three arrive while
+            # the first is in the app (the connection is readable while busy).
+            requests_ = [f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                         for p in ("/sleep?0.3", "/a", "/sleep?0.1", "/b")]
+            # A first request, answered: the connection is now parked (idle) in
+            # the loop's epoll set, as a keep-alive client's usually is.
+            sock.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert recv_responses(sock, 1)[0].startswith(b"/warm ")
+            sock.sendall(requests_[0])
+            time.sleep(0.15)
+            sock.sendall(b"".join(requests_[1:]))
             bodies = recv_responses(sock, 4)
         runner.join(30)
         assert [b.split()[0] for b in bodies] == [b"/sleep", b"/a", b"/sleep", b"/b"]
