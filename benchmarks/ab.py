@@ -2,15 +2,17 @@
 
     git worktree add /tmp/fs-old <commit>
     python -m benchmarks.ab /tmp/fs-old [--app hello|flask] [--close] [--pairs 4]
+                                       [--server forkserve|forkserve-httptools]
 
 Each pair starts the other tree's server, loads it with wrk, stops it, then
 does the same for this tree, so drift of a shared machine hits both alike.
 Prints requests/s per pair and the median ratio (this tree / other tree),
 and the server's CPU time per request (user + system of the master and its
 workers, read from /proc before the stop): on a machine others load too,
-requests/s swings by 2x between runs, while the CPU a request costs barely
-moves, so its ratio is the one to judge a few percent by.
-Both trees are byte-compiled first (`run.byte_compile`).
+requests/s swings by 2x between runs, and the CPU a request costs moves
+less. Both trees are byte-compiled first (`run.byte_compile`). `--server` is
+the suite's row to start (`--http h11` or `--http httptools`): both trees
+must know `--http` (the parser seam, issue 13, and later).
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ def group_cpu_s(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def requests_per_second(tree: Path, app: str, close: bool, duration_s: int
-                        ) -> tuple[float, float]:
+def requests_per_second(tree: Path, app: str, close: bool, duration_s: int,
+                        server: str = "forkserve") -> tuple[float, float]:
     """Start forkserve from `tree` with 2 workers, load it with wrk, stop it by pid.
 
     Returns requests/s and the server's CPU µs per request.
     """
-    running = servers.start(servers.SERVERS["forkserve"], app, 2, WORK_DIR, tree=tree)
+    running = servers.start(servers.SERVERS[server], app, 2, WORK_DIR, tree=tree)
     try:
         before = group_cpu_s(running.pid)
         numbers = wrk.run_wrk(running.port, wrk.WrkRequest(close=close), connections=50,
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close", action="store_true", help="Connection: close requests")
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--server", choices=["forkserve", "forkserve-httptools"],
+                        default="forkserve", help="the row to start: --http h11 or httptools")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "forkserve" / "__init__.py").exists():
@@ -81,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratios = []
     for _ in range(args.pairs):
         theirs, their_cpu = requests_per_second(other, APPS[args.app], args.close,
-                                                args.duration)
+                                                args.duration, args.server)
         ours, our_cpu = requests_per_second(servers.REPO_ROOT, APPS[args.app], args.close,
-                                            args.duration)
+                                            args.duration, args.server)
         ratios.append(ours / theirs)
         cpu_ratios.append(our_cpu / their_cpu)
         print(f"other {theirs:9,.0f}  this {ours:9,.0f}  ratio {ours / theirs:.3f}   "

@@ -45,6 +45,7 @@ class Client:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.out = bytearray()
+        self.keep_alive = True
 
     # -- httptools callbacks ---------------------------------------------------
     def on_message_begin(self) -> None:
@@ -60,6 +61,9 @@ class Client:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        # Asked here: once the message is complete llhttp resets, and
+        # should_keep_alive() no longer remembers a `Connection: close`.
+        self.keep_alive = self.parser.should_keep_alive()
         self.out += self.respond(self.environ())
 
     # -- the request ----------------------------------------------------------
@@ -111,6 +115,10 @@ class Client:
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
         if not any(name.lower() == "content-length" for name, _ in headers):
             lines += f"Content-Length: {len(body)}\r\n"
+        if not self.keep_alive:
+            # Say so, as h11 does for the h11 floor: a client that asked for
+            # keep-alive (wrk) counts an unannounced close as a read error.
+            lines += "Connection: close\r\n"
         return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status.encode("latin-1"),
                                              lines.encode("latin-1"), body)
 
@@ -138,7 +146,7 @@ def serve(listener: socket.socket, app: App, port: int) -> None:
                 if client.out:
                     client.sock.sendall(client.out)
                     client.out = bytearray()
-                keep = bool(data) and client.parser.should_keep_alive()
+                keep = bool(data) and client.keep_alive
             except (httptools.HttpParserError, OSError):
                 keep = False
             if not keep:

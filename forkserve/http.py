@@ -321,6 +321,10 @@ def _check_target(method: bytes, target: bytes) -> None:
         if not authority or b"@" in authority or not _HOST.fullmatch(authority):
             # RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
             raise HTTPError(400, "invalid absolute-form target")
+        if b"#" in target:
+            # RFC 9112 §3.2.2: absolute-form is an absolute-URI, which has no
+            # fragment (RFC 3986 §4.3). llhttp refuses `http://a#f`, h11 takes it.
+            raise HTTPError(400, "fragment in absolute-form target")
         return
     raise HTTPError(400, "request target is not origin-form or absolute-form")
 

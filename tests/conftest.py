@@ -2,6 +2,8 @@
 
 `http_parser` runs a module's server under each request parser (--http h11
 and --http httptools): the request-path tests take it, lifecycle tests do not.
+TEST_FORKSERVE_HTTP=h11 (or httptools) runs every other server of the suite
+under that parser too (`tests.support.Server`).
 `worker_threads` runs a module's servers with sync workers, then with
 --threads 4: the hardening and lifecycle tests take it.
 """

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 LISTEN_RE = re.compile(r"Listening at: (\S+)")
 BOOT_DEADLINE = 20.0
-TEST_HTTP_ENV = "FORKSERVE_TEST_HTTP"
+# Not FORKSERVE_*: the servers inherit the environment, and forkserve refuses
+# FORKSERVE_ variables that are not settings.
+TEST_HTTP_ENV = "TEST_FORKSERVE_HTTP"
 # Run servers with the threaded worker: `--threads N` unless the test gave its
 # own worker choice. Set by the `worker_threads` fixture (tests/conftest.py),
 # which runs a whole module once more this way; 1 = the sync worker (the default).
@@ -53,7 +55,7 @@ class Server:
         self.app = app
         self.args = list(args)
         # The request parser (--http): a parametrised fixture's (`http_parser`),
-        # else FORKSERVE_TEST_HTTP to run every server under one parser, else
+        # else TEST_FORKSERVE_HTTP to run every server under one parser, else
         # the server's own default (auto).
         http = http or os.environ.get(TEST_HTTP_ENV) or None
         if http:
@@ -70,9 +72,6 @@ class Server:
         self.env["PYTHONWARNINGS"] = "error::wsgiref.validate.WSGIWarning"
         self.env.pop("PORT", None)
         self.env.pop("WEB_CONCURRENCY", None)
-        # The suite's own switches are not settings: forkserve refuses unknown
-        # FORKSERVE_ variables.
-        self.env.pop(TEST_HTTP_ENV, None)
         if env:
             self.env.update(env)
         self.wait_workers = wait_workers

@@ -169,6 +169,30 @@ def test_the_floors_and_new_rows_serve_every_scenario(
     assert not servers._children(running.pid)
 
 
+@pytest.mark.parametrize("reference", [report.FLOOR, report.FAST_FLOOR, "bjoern"])
+def test_the_floors_announce_a_close(tmp_path: Path, reference: str) -> None:
+    """The hello-close scenario: a close the client asked for is said in the response
+    (wrk counts an unannounced close as a read error, and the row would measure errors)."""
+    import socket
+
+    spec = servers.SERVERS[reference]
+    why = spec.missing()
+    if why:
+        pytest.skip(f"{reference}: {why}")
+    running = servers.start(spec, "benchmarks.apps:hello", 2, tmp_path)
+    try:
+        with socket.create_connection((servers.HOST, running.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"\r\nconnection: close" in head, answer
+        assert answer.endswith(b"Hello, world!")
+    finally:
+        assert servers.stop(running)
+
+
 def test_floor_ratios_sit_beside_the_targets() -> None:
     def scenario(rps: dict[str, float]) -> dict[str, object]:
         return {"servers": {name: {"rps": value} for name, value in rps.items()}}

@@ -36,8 +36,8 @@ httptools = pytest.importorskip("httptools", reason="the fast extra is not insta
 PARSE_HTTPTOOLS = httptools_parser()
 PARSERS: dict[str, HeadParser] = {"h11": parse_h11, "httptools": PARSE_HTTPTOOLS}
 
-# The limits of tests/conformance/test_corpus.py's server.
 DEFAULT_LIMITS = Limits()
+# The limits of tests/conformance/test_corpus.py's server.
 CORPUS_LIMITS = Limits(request_line=256, fields=20, field_size=256, head=2048, body=64)
 EXAMPLES = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -122,7 +122,9 @@ paths = st.builds(lambda s: "/" + s, segments)
 queries = st.one_of(st.just(""), st.builds(lambda q: "?" + q, st.text(PCHAR + "/?", max_size=20)))
 hosts = st.sampled_from([b"a", b"example.com", b"example.com:8080", b"127.0.0.1:80",
                          b"[::1]", b"[::1]:8000", b"xn--bcher-kva.example", b"", b"a.b.c:"])
+fragments = st.one_of(st.just(""), st.builds(lambda f: "#" + f, st.text(PCHAR + "/?#", max_size=8)))
 origin_targets = st.builds(lambda p, q: (p + q).encode(), paths, queries)
+origin_targets_with_fragments = st.builds(lambda t, f: t + f.encode(), origin_targets, fragments)
 absolute_targets = st.builds(lambda scheme, host, p: scheme + b"://" + host + p,
                              st.sampled_from([b"http", b"https", b"HTTP"]),
                              st.sampled_from([b"a", b"example.com:81", b"[::1]:8"]),
@@ -144,7 +146,7 @@ def valid_heads(draw: st.DrawFn) -> bytes:
     if form == "asterisk":
         method, target = b"OPTIONS", b"*"
     else:
-        target = draw(origin_targets if form == "origin" else absolute_targets)
+        target = draw(origin_targets_with_fragments if form == "origin" else absolute_targets)
     version = draw(st.sampled_from([b"1.1", b"1.0"]))
     fields: list[bytes] = []
     if version == b"1.1" or draw(st.booleans()):
@@ -190,6 +192,10 @@ def test_valid_heads_give_the_same_environ(head: bytes) -> None:
     (b"-BLARGH / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
     (b"get / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
     (b"PRI /x HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+    # llhttp refuses a fragment straight after an absolute-form authority; h11
+    # takes it. RFC 9112 §3.2.2: absolute-form has no fragment at all: 400.
+    (b"GET http://a#f HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET http://a/x?y#f HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 ])
 def test_where_they_disagreed_the_pre_check_decides(head: bytes, status: int) -> None:
     out = same_answer(head)
@@ -215,3 +221,15 @@ def test_methods_are_what_llhttp_knows() -> None:
             continue
         accepted.add(method)
     assert accepted == METHODS
+
+
+def test_the_adapter_keeps_nothing_from_one_head_to_the_next() -> None:
+    """One callbacks object serves every head of a worker: a refused head, a head
+    with more fields, and an earlier result must not leak into the next."""
+    first = PARSE_HTTPTOOLS(b"GET /a HTTP/1.1\r\nHost: a\r\nX: 1\r\nY: 2\r\n\r\n")
+    with pytest.raises(HTTPError):
+        PARSE_HTTPTOOLS(b"GET /b HTTP/1.1\r\nHost: b\r\nBad Name: 3\r\n\r\n")
+    second = PARSE_HTTPTOOLS(b"POST /c HTTP/1.0\r\nZ: 4\r\n\r\n")
+    assert second == parse_h11(b"POST /c HTTP/1.0\r\nZ: 4\r\n\r\n")
+    assert second.headers == [(b"Z", b"4")] and second.target == b"/c"
+    assert first.headers == [(b"Host", b"a"), (b"X", b"1"), (b"Y", b"2")]

@@ -65,7 +65,7 @@ def send(target: Target, data: bytes) -> tuple[Exchange, int]:
     return exchange, target.hit_count() - before
 
 
-def check_sane(exchange: Exchange, hits: int) -> None:
+def check_sane(exchange: Exchange, hits: int, data: bytes = b"") -> None:
     """No server error; an error answer is the last one; the app ran once per 2xx answer.
 
     501 and 505 are refusals, not failures: an unknown method or transfer
@@ -76,14 +76,21 @@ def check_sane(exchange: Exchange, hits: int) -> None:
     assert all(s < 500 or s in (501, 505) for s in statuses), statuses
     errors = [i for i, s in enumerate(statuses) if s >= 400]
     assert errors in ([], [len(statuses) - 1]), statuses
-    assert hits == sum(1 for s in statuses if 200 <= s < 300), (statuses, hits)
+    served = sum(1 for s in statuses if 200 <= s < 300)
+    if statuses[-1:] == [400] and b"expect: 100-continue" in data.lower():
+        # The app runs before an Expect: 100-continue body is sent (it decides
+        # whether it wants it: docs/design.md); a client that then closes
+        # instead of sending it gets the 400 of the app's read.
+        assert hits in (served, served + 1), (statuses, hits)
+    else:
+        assert hits == served, (statuses, hits)
 
 
 @EXAMPLES
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes(target: Target, data: bytes) -> None:
     assume(b"HEAD" not in data)  # a HEAD answer has no body to frame it by
-    check_sane(*send(target, data))
+    check_sane(*send(target, data), data)
 
 
 @st.composite
@@ -110,7 +117,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(mutated())
 def test_mutated_valid_requests(target: Target, data: bytes) -> None:
     assume(b"HEAD" not in data)
-    check_sane(*send(target, data))
+    check_sane(*send(target, data), data)
 
 
 def _head_end(data: bytes) -> int:

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import REPO, TESTS, Server
+from tests.support import REPO, TEST_HTTP_ENV, TESTS, Server
 
 pytestmark = pytest.mark.process
+
+@pytest.fixture(autouse=True)
+def default_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests choose the parser themselves: no suite-wide TEST_FORKSERVE_HTTP."""
+    monkeypatch.delenv(TEST_HTTP_ENV, raising=False)
+
 
 # A directory whose `httptools` package fails to import, put first on PYTHONPATH.
 HIDE_HTTPTOOLS = str(TESTS / "apps" / "no_httptools")
@@ -26,7 +32,6 @@ def run_forkserve(*args: str, hide_httptools: bool = False) -> subprocess.Comple
     if hide_httptools:
         path.insert(0, HIDE_HTTPTOOLS)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-    env.pop("FORKSERVE_TEST_HTTP", None)
     return subprocess.run([sys.executable, "-m", "forkserve", *args], cwd=TESTS / "apps",
                           env=env, capture_output=True, text=True, timeout=20,
                           stdin=subprocess.DEVNULL)
@@ -35,7 +40,6 @@ def run_forkserve(*args: str, hide_httptools: bool = False) -> subprocess.Comple
 @contextmanager
 def serving(*args: str, hide_httptools: bool = False) -> Iterator[Server]:
     server = Server("core_apps:app", *args)
-    server.env.pop("FORKSERVE_TEST_HTTP", None)
     if hide_httptools:
         server.env["PYTHONPATH"] = HIDE_HTTPTOOLS + os.pathsep + server.env["PYTHONPATH"]
     with server:
@@ -86,7 +90,6 @@ def test_the_log_names_the_parser_and_its_version(args: tuple[str, ...], env: di
 
     version = httptools.__version__ if expected == "httptools" else h11.__version__
     server = Server("core_apps:app", *args, env=env)
-    server.env.pop("FORKSERVE_TEST_HTTP", None)
     with server:
         assert requests.get(server.url + "/hello", timeout=5).status_code == 200
         log = server.log
@@ -98,7 +101,6 @@ def test_a_reload_can_change_the_parser(tmp_path: Path) -> None:
     httptools = pytest.importorskip("httptools")
     (tmp_path / "forkserve.toml").write_text('http = "h11"\n')
     server = Server("core_apps:app", cwd=tmp_path)
-    server.env.pop("FORKSERVE_TEST_HTTP", None)
     with server:
         assert "Using parser: h11 " in server.log
         (tmp_path / "forkserve.toml").write_text('http = "httptools"\n')

@@ -61,6 +61,7 @@ BAD = [
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked"), 501),
     # RFC 9110 §9.1: an unrecognised method (one llhttp does not know either).
     (head("-BLARGH / HTTP/1.1", "Host: a"), 501),
+    (head("GET http://a#f HTTP/1.1", "Host: a"), 400),
     (head("get / HTTP/1.1", "Host: a"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: identity, chunked"), 501),
     (head("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked, gzip"), 400),
