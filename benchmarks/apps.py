@@ -89,3 +89,12 @@ def io_wait(environ: Environ, start_response: StartResponse) -> list[bytes]:
 
     time.sleep(IO_WAIT_S)
     return hello(environ, start_response)
+
+
+def mixed(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """hello, except `/slow?SECONDS`, which sleeps first: a slow request among fast ones."""
+    if environ.get("PATH_INFO") == "/slow":
+        import time
+
+        time.sleep(float(environ.get("QUERY_STRING") or "1"))
+    return hello(environ, start_response)

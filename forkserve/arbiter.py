@@ -32,6 +32,7 @@ import setproctitle
 from forkserve import __version__, loader
 from forkserve.config import Config, threads_per_worker
 from forkserve.errors import ConfigError, ForkserveError, WorkerExit
+from forkserve.handoff import HandoffChannel
 from forkserve.heartbeat import MIN_RECORDS, Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
@@ -121,6 +122,9 @@ class Arbiter:
         # write "PID reason" here: it wakes the loop, which starts the
         # replacement at once instead of at its next 0.5 s check.
         self.notices_r, self.notices_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Busy workers move parked connections with a request waiting to idle
+        # ones over this (forkserve.handoff); not with TLS.
+        self.handoff = HandoffChannel() if not cfg.certfile else None
         self.handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_quit,
@@ -330,7 +334,7 @@ class Arbiter:
         self.heartbeats.reset(slot, 0)
         cfg = self.cfg
         worker = Worker(cfg, self.listeners, slot, self.heartbeats, self.generation, self.app,
-                        self.hooks)
+                        self.hooks, handoff=self.handoff)
         if cfg.max_requests:
             worker.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         if cfg.max_worker_lifetime:

@@ -18,6 +18,12 @@ only after the previous one came back. A pool thread never frees a socket's
 fd number either (`Connection.hold_fd`): the loop closes it after forgetting
 the connection, so the next accept cannot reuse the number under it.
 
+The sync worker's handoff watcher (forkserve.handoff: a worker inside a slow
+request moves its parked connections that have a request arriving to an idle
+peer) does not run here: this loop is never inside the app, and reads such a
+request at once. A threaded worker takes connections handed over by busy
+sync peers (a mixed pool during a HUP that changes --threads) like any other.
+
 Per request in flight, what the sync worker does per worker:
 - the heartbeat slot holds one record per thread (start, request line), for
   the master's stuck-worker view and the process title;
@@ -282,14 +288,23 @@ class ThreadedLoop(WorkerLoop):
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
-                    conn.on_readable(now)
-                    self._place(conn)
+                    state = conn.on_readable(now)
+                    if state is State.READY and self.handed_in and fd in self.handed_in:
+                        # Handed over by a busy peer, it has waited longer: first.
+                        self.handed_in.discard(fd)
+                        self.polled.discard(fd)
+                        self.epoll.unregister(fd)
+                        self.ready.appendleft(conn)
+                    else:
+                        self._place(conn)
                 elif fd == self.wake_fd:
                     self.collect(now)
                 elif fd in self.listen_socks:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
+                elif self.handoff is not None and fd == self.handoff.fileno():
+                    self.take_handed_off(now)
             if self.ready:
                 self.dispatch(now)
             self.update_saturation(now)

@@ -37,6 +37,7 @@ from forkserve.config import Config, threads_per_worker
 from forkserve.connection import Connection, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
+from forkserve.handoff import HANDOFF_AFTER_S, WATCH_INTERVAL_S, HandoffChannel
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
@@ -57,10 +58,11 @@ WORKER_SIGNALS = (
 )
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
-# Connections taken per wake-up at most, and none after one whose request is
-# complete (it runs the app next: WorkerLoop.accept). Those still sending
-# their head are parked, so a burst of them is drained in one go.
-ACCEPT_BATCH = 4
+# Connections taken per wake-up at most. Only the first with a complete
+# request is read at once; the rest are parked unread (WorkerLoop.accept),
+# so 500 clients connecting together are all accepted in a few passes
+# instead of one per pass.
+ACCEPT_BATCH = 64
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 # Balance: a worker that keeps connections alive and holds more than this
 # many above its least loaded serving peer steps out of the accept queue, so
@@ -74,6 +76,7 @@ BALANCE_RECHECK_S = 0.01
 # reconnect in a response instead of meeting a close it has to race
 # (docs/signals.md "What happens to connections on a stop").
 DRAIN_LAST_CHANCE_S = 0.5
+HANDOFF_TAKE = 16  # connections taken from busy peers per wake-up at most
 
 
 class WorkerState(enum.Enum):
@@ -115,6 +118,9 @@ class Worker:
     # Where a worker that leaves by itself (--max-requests, --max-worker-memory)
     # tells the master, which starts its replacement at once (arbiter.Notices).
     notice_fd: int = -1
+    # Moves parked connections with a request waiting away from a worker busy
+    # in a slow request (forkserve.handoff); None = off (TLS).
+    handoff: HandoffChannel | None = None
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -194,9 +200,13 @@ class _Hooks(RequestHooks):
         self.hooks = worker.hooks
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
+        # When the request in progress started (monotonic; 0 = none): the
+        # handoff watcher thread reads it.
+        self.busy_since = 0.0
 
     def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
+        self.busy_since = now
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)
         self.req = None
@@ -261,6 +271,15 @@ class WorkerLoop:
         self.access_log = self.access_log_class(cfg.access_logfile, cfg.access_logformat)
         self.errors = self.error_stream_class()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
+        self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
+        self.handoff = worker.handoff if not cfg.certfile else None
+        # Held by the serving loop except while a request runs: the handoff
+        # watcher takes it to touch the parked connections, so the two
+        # threads never do at once.
+        self.lock = threading.Lock()
+        # Connections taken from busy peers and parked unread: served ahead of
+        # this worker's own once their request is read (they waited longer).
+        self.handed_in: set[int] = set()
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -309,8 +328,11 @@ class WorkerLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
+            self.bases.append(base)
             self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
+        if self.handoff is not None:
+            self.epoll.register(self.handoff.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
         self.worker.hooks.call("post_worker_init", self.worker)
         if self.cfg.gc_freeze:
             # Everything alive now lives as long as the worker: a full collection
@@ -359,6 +381,9 @@ class WorkerLoop:
     def serve(self) -> int:
         app = self.boot()
         self.booted = True
+        self.lock.acquire()
+        if self.handoff is not None:
+            threading.Thread(target=self.watch, name="forkserve-handoff", daemon=True).start()
         self.slot.booted(os.getpid(), time.monotonic())
         self.peers.publish(0)
         log.info("Booted worker with pid: %d", os.getpid())
@@ -379,15 +404,25 @@ class WorkerLoop:
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
+                    if conn.state is State.READY:
+                        continue  # already queued; its bytes wait in the kernel
                     state = conn.on_readable(now)
                     if state is State.READY:
-                        self.run(conn, app)
+                        # Queued, not run at once: one handed over by a busy
+                        # peer has waited longer and goes first.
+                        if self.handed_in and fd in self.handed_in:
+                            self.handed_in.discard(fd)
+                            self.ready.appendleft(conn)
+                        else:
+                            self.ready.append(conn)
                     elif state is State.CLOSED:
                         self._forget(conn)
                 elif fd in self.listen_socks:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
+                elif self.handoff is not None and fd == self.handoff.fileno():
+                    self.take_handed_off(now)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -426,7 +461,12 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
-        conn.run(app, self.access_log, self.hooks)
+        self.lock.release()  # the watcher may move parked connections meanwhile
+        try:
+            conn.run(app, self.access_log, self.hooks)
+        finally:
+            self.lock.acquire()
+            self.hooks.busy_since = 0.0
         self.after_request(conn)
 
     def after_request(self, conn: Connection) -> None:
@@ -486,6 +526,7 @@ class WorkerLoop:
 
     def accept(self, fd: int, now: float, batch: int = ACCEPT_BATCH) -> None:
         listener, base = self.listen_socks[fd]
+        have_ready = False
         for _ in range(batch):
             try:
                 sock, addr = listener.accept()
@@ -507,19 +548,23 @@ class WorkerLoop:
                 self.evict(now)
             conn = Connection(sock, peer, base, self.settings, now)
             self.conns[conn.fd] = conn
+            if have_ready:
+                # One connection of this batch already runs the app next. The
+                # others are parked unread: read at the next pass, or, if that
+                # request turns out slow, handed to an idle peer by the
+                # watcher, their bytes all still in the kernel. (Read now, they
+                # would queue behind it: four 1 s requests on four idle workers
+                # finished at 1, 1, 2 and 3 s when a worker read four per
+                # wake-up; issue 11.)
+                self._place(conn)
+                continue
             # TCP_DEFER_ACCEPT means the request is usually already here.
             state = conn.on_readable(now)
             if state is State.READY and conn.keep_alive:
                 self.keep(conn)
             self._place(conn)
-            if state is State.READY and not self.draining and not self.has_room():
-                # This connection will run the app: take no more now. With
-                # EPOLLEXCLUSIVE every arrival wakes one worker waiting in
-                # epoll_wait (a worker busy in the app is passed over), so the
-                # next connection goes to an idle peer instead of queueing here
-                # behind this request (issue 11: four 1 s requests on four idle
-                # workers finished at 1, 1, 2 and 3 s with batches of 4).
-                break
+            # A threaded worker with a free thread reads on: the next one runs too.
+            have_ready = state is State.READY and not self.draining and not self.has_room()
         if not self.draining:
             self.balance(now)
 
@@ -561,19 +606,112 @@ class WorkerLoop:
         # A threaded worker whose threads are all busy steps aside too, while
         # some peer serves: what it accepts now would only wait for a thread.
         kept = len(self.kept)
+        fewest: int | None = None
         if kept > BALANCE_SLACK or self.saturated_since:
             fewest = self.peers.fewest(now)
             ahead = fewest is not None and (kept > fewest + BALANCE_SLACK
                                             or self.saturated_since > 0.0)
         if ahead and not self.aside:
+            log.debug("Worker %d steps out of the accept queue: %d kept-alive connections, "
+                      "a serving peer has %s", os.getpid(), kept, fewest)
             for fd in self.listen_socks:
                 self.epoll.unregister(fd)
         elif self.aside and not ahead:
             # Back at the tail of the queue, behind the workers that stayed.
+            log.debug("Worker %d is back in the accept queue", os.getpid())
             for fd in self.listen_socks:
                 self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
+
+    # -- moving parked connections away from a slow request ---------------------
+    def watch(self) -> None:
+        """The handoff watcher thread: while a request runs long, move waiting neighbours.
+
+        Runs in its own thread in the worker, for the worker's life. It sleeps
+        but for a glance every WATCH_INTERVAL_S; it takes the loop's lock only
+        once a request has run past HANDOFF_AFTER_S, when the serving loop is
+        inside the app and does not hold it.
+        """
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            started = self.hooks.busy_since
+            if (not started or self.draining
+                    or time.monotonic() - started < HANDOFF_AFTER_S):
+                continue
+            if not self.lock.acquire(blocking=False):
+                continue  # the loop is back from the app
+            try:
+                if self.hooks.busy_since == started:
+                    self.hand_off_waiting()
+            finally:
+                self.lock.release()
+
+    def hand_off_waiting(self) -> None:
+        """Send every parked idle connection whose next request is arriving to another worker.
+
+        Watcher thread, under the loop's lock. Only IDLE connections move: all
+        their bytes are still in the kernel, so the taker reads the request as
+        if the connection had always been its own.
+        """
+        assert self.handoff is not None
+        for fd, _mask in self.epoll.poll(0):
+            conn = self.conns.get(fd)
+            if (conn is None or conn.state not in (State.IDLE, State.HEAD) or conn.buf
+                    or conn.handshaking):
+                continue
+            index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
+            fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
+            if index < 0 or not self.handoff.send(fd, index, conn.peer, fresh):
+                continue
+            self.handed_in.discard(fd)
+            log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
+            self.polled.discard(fd)
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+            self.conns.pop(fd, None)
+            if fd in self.kept:
+                self.kept.discard(fd)
+                self.peers.publish(len(self.kept))
+            conn.close()  # our copy only: the one in flight keeps the connection open
+
+    def take_handed_off(self, now: float) -> None:
+        """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
+
+        They go to the front of the ready queue: each has already waited at
+        least HANDOFF_AFTER_S behind a slow request, so a client of this
+        worker that sent its request just now does not pass them. Taking all
+        that wait (not one) matters when every worker was busy: otherwise
+        the queue would drain one connection per slow request.
+        """
+        assert self.handoff is not None
+        have_ready = False
+        for _ in range(HANDOFF_TAKE):
+            got = self.handoff.receive()
+            if got is None:
+                return
+            sock, index, peer, fresh = got
+            if not 0 <= index < len(self.bases):
+                sock.close()
+                continue
+            conn = Connection(sock, peer, self.bases[index], self.settings, now)
+            self.conns[conn.fd] = conn
+            if not fresh:
+                conn.proxy_pending = False  # the worker it came from read its PROXY header
+                conn.requests = 1  # answered before: a kept-alive connection
+                self.keep(conn)
+            if have_ready:
+                # As in accept: one runs next, the rest wait unread, movable again.
+                self.handed_in.add(conn.fd)
+                self._place(conn)
+                continue
+            if conn.on_readable(now) is State.READY:
+                have_ready = True
+                self.ready.appendleft(conn)
+            else:
+                self._place(conn)
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
@@ -599,6 +737,7 @@ class WorkerLoop:
             self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
+        self.handed_in.discard(conn.fd)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)
@@ -630,6 +769,9 @@ class WorkerLoop:
             return
         self.draining = True
         self.peers.withdraw()  # the others stop making room for this worker
+        if self.handoff is not None:
+            # Leaving: take no more connections from busy peers.
+            self.epoll.unregister(self.handoff.fileno())
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
         # Connections the kernel already completed into the backlog: take them all
