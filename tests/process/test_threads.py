@@ -299,3 +299,51 @@ def test_no_client_starves_when_every_thread_is_busy() -> None:
             thread.join(40)
         # A fair share is about 8 threads x 3 s / 50 ms / 30 clients = 16 each.
         assert len(counts) == 30 and min(counts) >= 3, sorted(counts)
+
+
+HOOKS = '''
+import os, threading
+
+def _record(line):
+    fd = os.open(os.environ["THREAD_HOOKS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+
+def pre_request(worker, req):
+    _record(f"pre {threading.current_thread().name} {req.path}")
+
+def post_request(worker, req, environ, resp):
+    _record(f"post {threading.current_thread().name} {req.path} {resp.status}")
+'''
+
+
+def test_request_hooks_run_on_the_requests_thread_and_log_lines_stay_whole(
+        tmp_path: Path) -> None:
+    (tmp_path / "thread_hooks.py").write_text(HOOKS)
+    record = tmp_path / "hooks.log"
+    access = tmp_path / "access.log"
+    with serve("thread_apps:app", "--workers", "1", "--threads", "8", "--hooks",
+               "thread_hooks", "--access-logfile", str(access),
+               env={"THREAD_HOOKS_LOG": str(record),
+                    "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS.parent),
+                                                   str(TESTS / "apps")])}) as server:
+        responses = get_many(server.url, [f"/sleep?0.3&n={i}" for i in range(8)])
+        ran_on = {parse(r.text)[2] for r in responses}
+        assert len(ran_on) == 8  # all eight at once, each on its own thread
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                len(record.read_text().splitlines()) < 16
+                or len(access.read_text().splitlines()) < 8):
+            time.sleep(0.05)
+    lines = [line.split() for line in record.read_text().splitlines()]
+    pre = {(thread, path) for kind, thread, path, *_ in lines if kind == "pre"}
+    post = {(thread, path) for kind, thread, path, *_ in lines if kind == "post"}
+    # Each request's hooks ran on the thread that ran it, and both saw the same request.
+    assert len(pre) == 8 and pre == post
+    assert {thread for thread, _ in pre} == ran_on
+    log_lines = access.read_text().splitlines()
+    assert len(log_lines) == 8
+    assert all(re.fullmatch(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /sleep\?0\.3&n=\d HTTP/1\.1" 200 '
+                            r'\d+ "-" "python-requests/[\d.]+"', line) for line in log_lines)
