@@ -324,6 +324,34 @@ def test_connection_close_traffic_never_makes_a_worker_step_aside() -> None:
             sock.close()
 
 
+def test_a_worker_left_ahead_comes_back_into_the_accept_queue() -> None:
+    # Keep-alive clients connect one at a time until one worker is ahead by
+    # two and steps aside; then they stop coming. It must not stay out for
+    # good: connection-close traffic would have one worker fewer.
+    with serve("core_apps:app", "--workers", "2", "--log-level", "debug",
+               wait_workers=2) as s:
+        per_worker: dict[int, list[socket.socket]] = {}
+        for _ in range(40):
+            sock = socket.create_connection(s.address, timeout=10)
+            sock.sendall(GET)
+            _head, body, _ = read_response(sock)
+            per_worker.setdefault(json.loads(body)["pid"], []).append(sock)
+            time.sleep(0.05)  # the debug line is written
+            if "steps out of the accept queue" in s.log:
+                break
+            if len(per_worker) == 2:  # widen the gap: close one of the other worker's
+                fewer = min(per_worker.values(), key=len)
+                if fewer:
+                    fewer.pop().close()
+        time.sleep(0.8)
+        log = s.log
+        assert "steps out of the accept queue" in log
+        assert log.rindex("back in the accept queue") > log.rindex("steps out of the accept queue")
+        for socks in per_worker.values():
+            for sock in socks:
+                sock.close()
+
+
 def timed_get(url: str, barrier: threading.Barrier, took: list[float]) -> None:
     """GET `url` on a new connection once every thread is ready; append how long it took."""
     barrier.wait()
@@ -427,3 +455,21 @@ def test_a_client_that_stops_reading_holds_only_its_own_connection() -> None:
         stalled.close()
         assert worst < 1.0, worst
         assert fast.failures == [], fast.failures[:5]
+
+
+def test_a_worker_busy_in_the_app_does_not_absorb_new_connections() -> None:
+    # EPOLLEXCLUSIVE wakes one worker per arrival, and the kernel passes over a
+    # worker whose epoll has no thread waiting (busy in the app): new
+    # connections go straight to the idle one (docs/design.md, "Accepting").
+    with serve("core_apps:app", "--workers", "2", wait_workers=2) as s:
+        slow: dict[str, int] = {}
+        t = threading.Thread(target=lambda: slow.update(
+            requests.get(s.url + "/slow?3", timeout=10, headers={"Connection": "close"}).json()))
+        t.start()
+        time.sleep(0.3)
+        for _ in range(6):
+            t0 = time.monotonic()
+            r = requests.get(s.url + "/pid", timeout=10, headers={"Connection": "close"})
+            assert r.status_code == 200 and time.monotonic() - t0 < 1.0
+        t.join(10)
+        assert slow["pid"] != r.json()["pid"]
