@@ -329,7 +329,7 @@ def test_request_hooks_run_on_the_requests_thread_and_log_lines_stay_whole(
                env={"THREAD_HOOKS_LOG": str(record),
                     "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS.parent),
                                                    str(TESTS / "apps")])}) as server:
-        responses = get_many(server.url, [f"/sleep?0.3&n={i}" for i in range(8)])
+        responses = get_many(server.url, [f"/sleep/{i}?0.3" for i in range(8)])
         ran_on = {parse(r.text)[2] for r in responses}
         assert len(ran_on) == 8  # all eight at once, each on its own thread
         deadline = time.monotonic() + 10
@@ -340,10 +340,11 @@ def test_request_hooks_run_on_the_requests_thread_and_log_lines_stay_whole(
     lines = [line.split() for line in record.read_text().splitlines()]
     pre = {(thread, path) for kind, thread, path, *_ in lines if kind == "pre"}
     post = {(thread, path) for kind, thread, path, *_ in lines if kind == "post"}
-    # Each request's hooks ran on the thread that ran it, and both saw the same request.
+    # Each request's hooks ran on the thread that ran it, and both saw that request
+    # (eight distinct paths: a req shared between threads would pair them wrongly).
     assert len(pre) == 8 and pre == post
     assert {thread for thread, _ in pre} == ran_on
     log_lines = access.read_text().splitlines()
     assert len(log_lines) == 8
-    assert all(re.fullmatch(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /sleep\?0\.3&n=\d HTTP/1\.1" 200 '
+    assert all(re.fullmatch(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /sleep/\d\?0\.3 HTTP/1\.1" 200 '
                             r'\d+ "-" "python-requests/[\d.]+"', line) for line in log_lines)
