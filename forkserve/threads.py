@@ -144,6 +144,7 @@ class ThreadHooks(_Hooks):
 class ThreadedLoop(WorkerLoop):
     """A worker loop that runs complete requests on a pool of `threads` threads."""
 
+    parks_unread = False
     hooks_class = ThreadHooks
     access_log_class = LockedAccessLog
     error_stream_class = ThreadErrorStream

@@ -247,6 +247,10 @@ class WorkerLoop:
     --threads above 1 and swaps in the thread-safe collaborators below.
     """
 
+    # Past a complete request, accept() takes the rest of a burst and parks them
+    # unread: the handoff watcher moves them to an idle peer if that request is
+    # slow. A threaded worker has no watcher, and leaves them in the backlog.
+    parks_unread = True
     hooks_class: type[_Hooks] = _Hooks
     access_log_class: type[AccessLog] = AccessLog
     error_stream_class: type[ErrorStream] = ErrorStream
@@ -532,6 +536,8 @@ class WorkerLoop:
         listener, base = self.listen_socks[fd]
         have_ready = False
         for _ in range(batch):
+            if have_ready and not self.parks_unread:
+                break  # the rest stay in the backlog, for a peer with a free thread
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):

@@ -348,3 +348,26 @@ def test_request_hooks_run_on_the_requests_thread_and_log_lines_stay_whole(
     assert len(log_lines) == 8
     assert all(re.fullmatch(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /sleep/\d\?0\.3 HTTP/1\.1" 200 '
                             r'\d+ "-" "python-requests/[\d.]+"', line) for line in log_lines)
+
+
+def test_a_burst_of_connections_is_shared_by_the_workers() -> None:
+    """24 connections at once on 2 workers x 4 threads: both workers run requests.
+
+    A worker takes connections only while it has a free thread for them; the
+    rest stay in the backlog for the other worker (taken all by one, half the
+    threads would idle while its queue grew).
+    """
+    with serve("thread_apps:app", "--workers", "2", "--threads", "4",
+               wait_workers=2) as server:
+        socks = [socket.create_connection(server.address, timeout=20) for _ in range(24)]
+        try:
+            for sock in socks:
+                sock.sendall(b"GET /sleep?0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            seen = [parse(recv_responses(sock, 1)[0].decode()) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        peaks: dict[int, int] = {}
+        for _path, pid, _thread, peak in seen:
+            peaks[pid] = max(peaks.get(pid, 0), peak)
+        assert len(peaks) == 2 and sum(peaks.values()) >= 6, peaks
