@@ -346,9 +346,17 @@ class Arbiter:
             # birth: frozen before fork, no collection in the worker writes to
             # their headers, so their pages stay shared instead of being copied.
             gc.freeze()
+        # Signals wait while the child still has the master's handlers: one
+        # delivered then (the child may not run at all before the master sends
+        # TERM on a stop right after a spawn) wrote its byte to the master's
+        # wakeup pipe and was lost to the worker, which then served on until
+        # SIGKILL (1 stop in 8 right after start, measured). The child
+        # unblocks them once its own SignalQueue is in place (WorkerLoop).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the child: becomes the worker and never returns
             self._become_worker(worker)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         worker.pid = pid
         self.workers[pid] = worker
         log.info("Booting worker with pid: %d (gen %d)", pid, worker.generation)

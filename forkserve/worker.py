@@ -261,6 +261,9 @@ class WorkerLoop:
         self.cfg = cfg
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
+        # The master forked with its signals blocked (Arbiter.spawn): what came
+        # since is delivered now, to the queue above.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self.slot = worker.heartbeat.writer(worker.slot)
         self.hooks = self.hooks_class(worker, self.slot)
         self.name = cfg.proc_name or cfg.app
