@@ -117,7 +117,7 @@ def test_pipelined_requests_answered_in_order_while_others_run() -> None:
 
 def test_stuck_request_others_served_then_worker_replaced_with_stacks() -> None:
     with serve("thread_apps:app", "--workers", "1", "--threads", "4", "--timeout", "2",
-               "--graceful-timeout", "1") as server:
+               "--graceful-timeout", "1", wait_workers=1) as server:
         old = server.worker_pids()
         assert len(old) == 1
         stuck = threading.Thread(
@@ -201,7 +201,7 @@ def test_other_worker_classes_are_refused_in_one_line(worker_class: str) -> None
 
 def test_max_requests_counts_across_threads() -> None:
     with serve("thread_apps:app", "--workers", "1", "--threads", "4",
-               "--max-requests", "8") as server:
+               "--max-requests", "8", wait_workers=1) as server:
         old = server.worker_pids()
         get_many(server.url, ["/sleep?0.2"] * 4)
         get_many(server.url, ["/sleep?0.2"] * 4)
