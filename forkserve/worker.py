@@ -288,6 +288,7 @@ class WorkerLoop:
         # Connections taken from busy peers and parked unread: served ahead of
         # this worker's own once their request is read (they waited longer).
         self.handed_in: set[int] = set()
+        self.running_fd = -1  # the connection in the app, which the watcher never moves
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -471,12 +472,17 @@ class WorkerLoop:
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
         conn.draining = self.draining
-        self.lock.release()  # the watcher may move parked connections meanwhile
+        # The watcher may move parked connections while this one runs; never
+        # this one (it turns IDLE at the end of its response, before the
+        # lock is back).
+        self.running_fd = conn.fd
+        self.lock.release()
         try:
             conn.run(app, self.access_log, self.hooks)
         finally:
             self.lock.acquire()
             self.hooks.busy_since = 0.0
+            self.running_fd = -1
         self.after_request(conn)
 
     def after_request(self, conn: Connection) -> None:
@@ -679,15 +685,16 @@ class WorkerLoop:
     def hand_off_waiting(self) -> None:
         """Send every parked idle connection whose next request is arriving to another worker.
 
-        Watcher thread, under the loop's lock. Only IDLE connections move: all
-        their bytes are still in the kernel, so the taker reads the request as
-        if the connection had always been its own.
+        Watcher thread, under the loop's lock. Only connections with nothing
+        read into user space move (idle keep-alive ones, and new ones parked
+        unread): all their bytes are still in the kernel, so the taker reads
+        the request as if the connection had always been its own.
         """
         assert self.handoff is not None
         for fd, _mask in self.epoll.poll(0):
             conn = self.conns.get(fd)
-            if (conn is None or conn.state not in (State.IDLE, State.HEAD) or conn.buf
-                    or conn.handshaking):
+            if (conn is None or fd == self.running_fd or conn.state not in (State.IDLE, State.HEAD)
+                    or conn.buf or conn.handshaking):
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
             fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
@@ -730,6 +737,8 @@ class WorkerLoop:
             if not fresh:
                 conn.proxy_pending = False  # the worker it came from read its PROXY header
                 conn.requests = 1  # answered before: a kept-alive connection
+                conn.state = State.IDLE  # between requests, as it was in the other worker
+                conn.deadline = now + self.settings.keepalive
                 self.keep(conn)
             if have_ready:
                 # As in accept: one runs next, the rest wait unread, movable again.
