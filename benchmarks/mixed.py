@@ -1,6 +1,6 @@
 """Mixed traffic: fast keep-alive clients beside slow requests and connection-close clients.
 
-    python -m benchmarks.mixed [--duration 8] [--repeat 2] [--workers 2]
+    python -m benchmarks.mixed [--duration 8] [--repeat 2] [--workers 2] [--slow 1]
                                [--servers forkserve,gunicorn-sync,gunicorn-gthread]
 
 Three classes of clients load one server at the same time (issue 11):
@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
+    parser.add_argument("--slow", type=int, default=Mix.slow,
+                        help="clients looping on the slow request (as many as workers: saturated)")
     args = parser.parse_args(argv)
-    mix = Mix()
+    mix = Mix(slow=args.slow)
     names = [n for n in args.servers.split(",") if n]
     specs = []
     for name in names:

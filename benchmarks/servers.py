@@ -19,7 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,15 +262,16 @@ def log_tail(path: Path) -> str:
 
 
 def start(spec: ServerSpec, app: str, workers: int, log_dir: Path,
-          tree: Path = REPO_ROOT) -> Running:
+          tree: Path = REPO_ROOT, extra_args: Sequence[str] = ()) -> Running:
     """Start `spec` serving `app` and wait for the first 200; time it from the spawn.
 
     `tree` is the checkout the apps (and forkserve, run with `-m` from there)
-    come from: another one for `benchmarks.ab`.
+    come from: another one for `benchmarks.ab`, which may also add `extra_args`
+    to the command line (`--metrics-bind ...` against none).
     """
     port = free_port()
     log_path = log_dir / f"{spec.name}-{port}.log"
-    command = spec.build(app, port, workers)
+    command = [*spec.build(app, port, workers), *extra_args]
     with open(log_path, "wb") as log:
         began = time.perf_counter()
         popen = subprocess.Popen(

@@ -24,6 +24,7 @@ import select
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +39,24 @@ from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
 from forkserve.parser import describe as describe_parser
+from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
-from forkserve.worker import Worker, WorkerState
+from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
+from forkserve.worker import (
+    BOOT_ERROR_LINE_BREAK,
+    TIMEOUT_SIGNAL,
+    Worker,
+    WorkerState,
+    open_dump_file,
+    read_dump,
+)
 
 if TYPE_CHECKING:
+    from forkserve.metrics import AppMetricsDir, MetricsServer, Snapshot
     from forkserve.reloader import Reloader
+    from forkserve.statsd import Statsd
 
 MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -61,6 +73,9 @@ MASTER_SIGNALS = (
 LOOP_INTERVAL = 0.5  # seconds between heartbeat checks when nothing happens
 FAST_STOP_GRACE = 2.0  # seconds workers get to exit on INT/QUIT before SIGKILL
 ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before SIGKILL
+# After TIMEOUT_SIGNAL, a worker still there this long is stuck where Python
+# cannot run: SIGABRT makes faulthandler dump its stacks from C.
+ABORT_DUMP_AFTER = 1.0
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -88,7 +103,8 @@ class Arbiter:
     def __init__(self, cfg: Config, listeners: list[Listener],
                  app: Callable[..., Any] | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, metrics: MetricsServer | None = None,
+                 statsd: Statsd | None = None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier(None)  # sd_notify; a no-op outside systemd
         self.reload_config = reload_config or (lambda: cfg)
@@ -125,6 +141,15 @@ class Arbiter:
         # Busy workers move parked connections with a request waiting to idle
         # ones over this (forkserve.handoff); not with TLS.
         self.handoff = HandoffChannel() if not cfg.certfile else None
+        # Observability (--metrics-bind, --statsd-host, PROMETHEUS_MULTIPROC_DIR):
+        # the sockets are bound by the CLI before privileges are dropped.
+        self.metrics = metrics
+        self.statsd = statsd
+        self.stats = StatsTable(self.heartbeats.slots) if metrics is not None else None
+        self.exited = Totals()  # the counts of workers already reaped
+        self.restarts: Counter[str] = Counter()  # reason -> workers replaced
+        self.app_metrics: AppMetricsDir | None = None
+        self.statsd_workers = -1  # the `workers` gauge last sent
         self.handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_quit,
@@ -202,6 +227,7 @@ class Arbiter:
         # every worker, like ssl's (share_common_modules).
         log.info("Using parser: %s", describe_parser(self.cfg.http))
         self.signals = SignalQueue(MASTER_SIGNALS)
+        self.start_observability()
         if self.cfg.reload:
             # Imported only here: it loads ctypes (and subprocess), ~10 ms of
             # start-up that a server without --reload should not pay.
@@ -215,6 +241,45 @@ class Arbiter:
         self.hooks.call("nworkers_changed", self, self.num_workers, None)
         self.hooks.call("when_ready", self)
 
+    def start_observability(self) -> None:
+        """Before the first fork: the metrics endpoint, the app's metrics dir, statsd."""
+        if os.environ.get(APP_METRICS_ENV):
+            from forkserve.metrics import AppMetricsDir
+
+            self.app_metrics = AppMetricsDir.from_env(os.environ)
+            # A USR2 master shares the directory with the old master's workers.
+            if self.app_metrics is not None and not self.old_master_pid:
+                self.app_metrics.clear()
+        if self.metrics is not None:
+            self.metrics.register(self.metrics_snapshot,
+                                  self.app_metrics.path if self.app_metrics else None)
+            log.info("Metrics at: %s", self.metrics.url)
+        if self.statsd is not None:
+            from forkserve.statsd import install
+
+            install(log, self.statsd)
+
+    def metrics_snapshot(self) -> Snapshot:
+        """At a scrape: the exited workers' counts plus every live slot."""
+        from forkserve.metrics import Snapshot, listen_queues
+
+        totals = Totals()
+        totals.add(self.exited)
+        states: Counter[str] = Counter()
+        for worker in self.workers.values():
+            if self.stats is not None:
+                self.stats.read(worker.slot, totals)
+            if worker.state is not WorkerState.BOOTING:
+                # The heartbeat slot says whether the worker is inside a request;
+                # a threaded worker's records, how many (its head's start field
+                # then says "every thread busy since", not a request).
+                view = self.heartbeats.read(worker.slot)
+                totals.in_progress += len(view.in_flight) or bool(view.request_started)
+            if worker.state is not WorkerState.KILLED:
+                states[worker.state.value] += 1
+        return Snapshot(totals, states, self.restarts, listen_queues(self.listeners),
+                        __version__, resolve_parser(self.cfg.http))  # what serves, not "auto"
+
     def next_wakeup(self) -> float:
         """Until the next heartbeat check, or sooner when a respawn after back-off is due."""
         due = self.spawn_not_before - time.monotonic()
@@ -225,10 +290,16 @@ class Arbiter:
         fds = [self.signals.read_fd, self.notices_r]  # a signal delivered makes it readable
         if self.reloader is not None and self.reloader.fileno() is not None:
             fds.append(self.reloader.fileno())  # type: ignore[arg-type]
+        write_fds: list[int] = []
+        if self.metrics is not None:
+            fds += self.metrics.read_fds()
+            write_fds = self.metrics.write_fds()
         try:
-            select.select(fds, [], [], timeout)
+            readable, writable, _ = select.select(fds, write_fds, [], timeout)
         except InterruptedError:
-            pass
+            return
+        if self.metrics is not None:
+            self.metrics.handle(set(readable), set(writable), time.monotonic())
 
     def dispatch_signals(self) -> None:
         assert self.signals is not None
@@ -254,7 +325,7 @@ class Arbiter:
         self.set_num_workers(max(1, self.num_workers - 1))
 
     def handle_usr1(self) -> None:
-        setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
+        setup_error_log(self.cfg.error_logfile, self.cfg.log_level, self.cfg.log_format)
         self.kill_all(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
@@ -308,11 +379,13 @@ class Arbiter:
             if worker.state is WorkerState.READY:
                 log.info("Retiring worker %d (gen %d): %s", worker.pid, worker.generation,
                          worker.retire_reason or "replaced by a new generation")
+                if worker.generation != self.generation and not worker.restart_reason:
+                    worker.restart_reason = "reload"
                 self.retire(worker)
         if self.state in (State.BOOTING, State.RELOADING):
-            log.info("%s: generation %d is serving with %d workers",
+            log.info("%s: generation %d is serving with %s",
                      "Ready" if self.state is State.BOOTING else "Reload complete",
-                     self.generation, len(current))
+                     self.generation, _workers(len(current)))
             self.state = State.RUNNING
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
@@ -332,14 +405,21 @@ class Arbiter:
             self.spawn_not_before = time.monotonic() + MAX_BACKOFF
             return None
         self.heartbeats.reset(slot, 0)
+        if self.stats is not None:
+            self.stats.reset(slot)
         cfg = self.cfg
         worker = Worker(cfg, self.listeners, slot, self.heartbeats, self.generation, self.app,
-                        self.hooks, handoff=self.handoff)
+                        self.hooks, handoff=self.handoff, stats=self.stats, statsd=self.statsd)
         if cfg.max_requests:
             worker.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         if cfg.max_worker_lifetime:
             worker.retire_at = (worker.started_at + cfg.max_worker_lifetime
                                 + random.uniform(0, cfg.max_worker_lifetime_jitter))
+        if cfg.log_format == "json":
+            try:
+                worker.dump_fd = open_dump_file()
+            except OSError as exc:  # no temporary directory: the dump goes unlogged
+                log.warning("Cannot create a stack dump file for the worker: %s", exc)
         self.hooks.call("pre_fork", self, worker)
         if cfg.gc_freeze:
             # The master's objects (and a --preload app) are the worker's from
@@ -372,6 +452,11 @@ class Arbiter:
                 self.reloader.close()
             os.close(self.boot_errors_r)
             os.close(self.notices_r)
+            for other in self.workers.values():  # the others' dump files are not its own
+                if other.dump_fd >= 0:
+                    os.close(other.dump_fd)
+            if self.metrics is not None:
+                self.metrics.close_in_worker()
             random.seed()
             worker.boot_error_fd = self.boot_errors_w
             worker.notice_fd = self.notices_w
@@ -390,10 +475,12 @@ class Arbiter:
         self.kill(worker.pid, signal.SIGTERM)
 
     def abort(self, worker: Worker) -> None:
-        """SIGABRT: the worker dumps its threads' stacks; SIGKILL if still there after grace."""
+        """Timed out: TIMEOUT_SIGNAL (Python dump, a 500, exit), SIGABRT (C dump), SIGKILL."""
         worker.state = WorkerState.KILLED
-        worker.kill_at = time.monotonic() + ABORT_GRACE
-        self.kill(worker.pid, signal.SIGABRT)
+        now = time.monotonic()
+        worker.dump_at = now + ABORT_DUMP_AFTER
+        worker.kill_at = now + ABORT_GRACE
+        self.kill(worker.pid, TIMEOUT_SIGNAL)
 
     def kill(self, pid: int, sig: int) -> None:
         try:
@@ -425,12 +512,38 @@ class Arbiter:
             self.collect_notices()
             del self.workers[pid]
             self.heartbeats.clear_load(worker.slot)  # even a killed worker stops counting
+            self.account_exit(worker)
             self.on_worker_exit(worker, status)
+            if worker.dump_fd >= 0:
+                self.log_dump(worker)
             try:
                 self.hooks.call("child_exit", self, worker)
             except HookError:
                 if self.state is not State.STOPPING:
                     raise  # fatal as in gunicorn; while stopping, logged is enough
+
+    def account_exit(self, worker: Worker) -> None:
+        """A reaped worker: keep its counts, count its restart, drop its live app metrics."""
+        if self.stats is not None:
+            gone = Totals()
+            self.stats.read(worker.slot, gone)
+            self.exited.add(gone)  # counters only: its gauges (in progress, ...) end with it
+            self.stats.reset(worker.slot)
+        reason = self.restart_reason(worker)
+        if reason:
+            self.restarts[reason] += 1
+        if self.app_metrics is not None:
+            self.app_metrics.process_dead(worker.pid)
+
+    def restart_reason(self, worker: Worker) -> str:
+        """Why a reaped worker is being replaced ("" when it is not: stopping, fewer wanted)."""
+        if self.state is State.STOPPING:
+            return ""
+        if worker.restart_reason:  # timeout, max_requests, max_memory, max_lifetime, reload
+            return worker.restart_reason
+        if worker.state in (WorkerState.DRAINING, WorkerState.KILLED):
+            return ""  # TTOU, WINCH: stopped on purpose, not replaced
+        return "crash"
 
     def on_worker_exit(self, worker: Worker, status: int) -> None:
         if os.WIFSIGNALED(status):
@@ -451,6 +564,22 @@ class Arbiter:
             log.info("Worker %d %s", worker.pid, how)
         else:
             self.backoff(f"Worker {worker.pid} {how}")
+
+    def log_dump(self, worker: Worker) -> None:
+        """--log-format json: a dump the worker could not log itself, as one record.
+
+        faulthandler writes from C to the worker's dump file; a worker stuck in
+        C until SIGKILL (or killed by SIGSEGV) never runs the Python code that
+        would log it, so the master does, after the reap.
+        """
+        try:
+            dump = read_dump(worker.dump_fd).rstrip()
+        finally:
+            os.close(worker.dump_fd)
+            worker.dump_fd = -1
+        if dump:
+            log.critical("Worker %d: the stacks of its threads (written by faulthandler)",
+                         worker.pid, extra={"stack": dump})
 
     def backoff(self, what: str) -> None:
         """A crash: respawn later, twice as late for each recent crash (up to MAX_BACKOFF)."""
@@ -492,31 +621,37 @@ class Arbiter:
             text = os.read(self.notices_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
-            pid, _, reason = line.partition(" ")
+        for line in text.splitlines():  # "PID LABEL REASON" (Worker.report_leaving)
+            pid, _, rest = line.partition(" ")
+            why, _, reason = rest.partition(" ")
             worker = self.workers.get(int(pid)) if pid.isdigit() else None
             if worker is not None:
-                self.mark_leaving(worker, reason)
+                self.mark_leaving(worker, why, reason)
 
-    def mark_leaving(self, worker: Worker, reason: str) -> None:
+    def mark_leaving(self, worker: Worker, why: str, reason: str) -> None:
+        """A worker leaving by itself: replaced now, counted under restart reason `why`."""
         if not worker.retire_reason:
             log.info("Replacing worker %d: %s", worker.pid, reason)
             worker.retire_reason = reason
+            worker.restart_reason = why
 
     def collect_boot_errors(self) -> None:
         try:
             text = os.read(self.boot_errors_r, 65536).decode("utf-8", "replace")
         except BlockingIOError:
             return
-        for line in text.splitlines():
+        for line in text.split("\n"):
             pid, _, reason = line.partition(" ")
             if pid.isdigit():
-                self.boot_errors[int(pid)] = reason
+                self.boot_errors[int(pid)] = reason.replace(BOOT_ERROR_LINE_BREAK, "\n")
 
     # -- health -----------------------------------------------------------
     def check_workers(self, now: float) -> None:
         """Booted yet? Booting too long? Silent too long? Past its kill deadline?"""
         for worker in list(self.workers.values()):
+            if worker.dump_at and now >= worker.dump_at:
+                worker.dump_at = 0.0
+                self.kill(worker.pid, signal.SIGABRT)
             if worker.kill_at and now >= worker.kill_at:
                 worker.state, worker.kill_at = WorkerState.KILLED, 0.0
                 self.kill(worker.pid, signal.SIGKILL)
@@ -531,12 +666,14 @@ class Arbiter:
                     log.critical("WORKER BOOT TIMEOUT (pid:%d) still loading the app after "
                                  "%.1fs; the stacks of its threads follow",
                                  worker.pid, now - worker.started_at)
+                    worker.restart_reason = "timeout"
                     self.abort(worker)
             elif worker.state is WorkerState.READY and self.cfg.timeout:
                 silent = now - view.heartbeat
                 if silent > self.cfg.timeout:
                     log.critical("WORKER TIMEOUT (pid:%d) %s; the stacks of its threads follow",
                                  worker.pid, describe_activity(view, now, silent))
+                    worker.restart_reason = "timeout"
                     self.abort(worker)
 
     def check_recycling(self, now: float) -> None:
@@ -548,26 +685,30 @@ class Arbiter:
         for worker in sorted(self.workers.values(), key=lambda w: w.started_at):
             if worker.state is not WorkerState.READY or worker.generation != self.generation:
                 continue
-            reason = self.recycle_reason(worker, now)
+            why, reason = self.recycle_reason(worker, now)
             if reason:
                 log.info("Replacing worker %d: %s", worker.pid, reason)
                 worker.retire_reason = reason
+                worker.restart_reason = why
                 return
 
-    def recycle_reason(self, worker: Worker, now: float) -> str:
+    def recycle_reason(self, worker: Worker, now: float) -> tuple[str, str]:
+        """(the restart reason's label, the same for people), or ("", "") to keep it."""
         cfg = worker.cfg
         if worker.max_requests:
             served = self.heartbeats.read(worker.slot).requests
             if served >= worker.max_requests:
-                return f"served {served} requests (--max-requests {worker.max_requests})"
+                return "max_requests", (f"served {served} requests (--max-requests "
+                                        f"{worker.max_requests})")
         if worker.retire_at and now >= worker.retire_at:
-            return (f"ran for {now - worker.started_at:.0f}s (--max-worker-lifetime "
-                    f"{cfg.max_worker_lifetime:g})")
+            return "max_lifetime", (f"ran for {now - worker.started_at:.0f}s "
+                                    f"(--max-worker-lifetime {cfg.max_worker_lifetime:g})")
         if cfg.max_worker_memory:
             rss = rss_mib(worker.pid)
             if rss > cfg.max_worker_memory:
-                return f"uses {rss:.0f} MiB (--max-worker-memory {cfg.max_worker_memory})"
-        return ""
+                return "max_memory", (f"uses {rss:.1f} MiB (--max-worker-memory "
+                                      f"{cfg.max_worker_memory})")
+        return "", ""
 
     # -- reloads ----------------------------------------------------------
     def reload(self, why: str) -> None:
@@ -599,8 +740,8 @@ class Arbiter:
         self.generation = self.last_generation
         self.spawn_not_before = 0.0
         self.set_title()
-        log.info("Reloading (%s): starting generation %d with %d workers%s", why,
-                 self.generation, self.num_workers,
+        log.info("Reloading (%s): starting generation %d with %s%s", why,
+                 self.generation, _workers(self.num_workers),
                  "; the preloaded app is not reloaded" if self.app is not None else "")
 
     def check_reloader(self, now: float) -> None:
@@ -674,6 +815,11 @@ class Arbiter:
         current = [self.heartbeats.read(w.slot) for w in self.workers.values()
                    if w.generation == self.generation and not w.retire_reason and w.alive]
         self.notifier.tick(time.monotonic(), current, self.num_workers)
+        if self.statsd is not None:
+            alive = sum(1 for w in self.workers.values() if w.alive)
+            if alive != self.statsd_workers:  # gunicorn's gauge; a change is worth a datagram
+                self.statsd_workers = alive
+                self.statsd.workers(alive)
 
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""
@@ -723,6 +869,9 @@ class Arbiter:
             pass  # logged; we are exiting anyway
         if self.pidfile is not None:
             self.pidfile.remove(self.pid)
+        if self.metrics is not None:
+            # A new master (USR2) may serve a unix: metrics path now: leave the file.
+            self.metrics.close(unlink=not self.reexec_pid)
         log.info("Shutting down: Master")
         sys.stdout.flush()
 
@@ -775,3 +924,7 @@ def share_common_modules() -> None:
         import ssl  # noqa: F401
     except ImportError:  # a Python built without OpenSSL: nothing to share
         pass
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

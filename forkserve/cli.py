@@ -5,8 +5,9 @@ it, so a bad value is reported the same way whether it came from a flag, the
 environment or the config file: one line naming the setting, the source and
 what was expected.
 
-Besides the settings, three options act on the configuration itself:
-`--config/-c FILE`, `--print-config` and `--check-config`.
+Besides the settings, four options act on the configuration itself:
+`--config/-c FILE`, `--print-config`, `--check-config` and
+`--from-gunicorn [FILE]` (in gunicorn_conf.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from forkserve.config import (
 )
 from forkserve.errors import ConfigError, ForkserveError
 
+# What gunicorn reads without --config: gunicorn_conf.DEFAULT_FILE, spelled
+# here too so that every start does not import gunicorn_conf (a test checks).
+DEFAULT_GUNICORN_FILE = "gunicorn.conf.py"
+
 # Options about the configuration, not settings of the server.
-META_OPTIONS = ("config", "print_config", "check_config")
+META_OPTIONS = ("config", "print_config", "check_config", "from_gunicorn")
 
 
 def _options() -> list[click.Parameter]:
@@ -57,6 +62,10 @@ def _options() -> list[click.Parameter]:
         click.Option(["--check-config", "check_config"], is_flag=True, default=None,
                      help="Load the settings and the app, report the first error or OK, and "
                      "exit without serving."),
+        click.Option(["--from-gunicorn", "from_gunicorn"], metavar="[FILE]", is_flag=False,
+                     flag_value=DEFAULT_GUNICORN_FILE, default=None,
+                     help="Execute a gunicorn config file (Python; default ./gunicorn.conf.py), "
+                     "print the equivalent forkserve.toml on stdout, and exit."),
     ]
     return params
 
@@ -93,21 +102,26 @@ def resolve(given: Mapping[str, Any], env: Mapping[str, str], cwd: str
 
 def check(cfg: Config) -> None:
     """What --check-config proves: the settings are whole and the app imports."""
-    from forkserve.loader import load_app, prepare_path
+    from forkserve.loader import check_spec, load_app, prepare_path
     from forkserve.parser import resolve as resolve_parser
     from forkserve.process import resolve_identity
 
     resolve_identity(cfg.user, cfg.group)
     resolve_parser(cfg.http)
+    if cfg.metrics_bind:
+        from forkserve.metrics import require_prometheus_client
+
+        require_prometheus_client()
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)
     load_app(cfg.app)
 
 
 def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     # Imported here so `--help`, `--version` and `--print-config` stay fast.
-    from forkserve.arbiter import Arbiter
-    from forkserve.loader import prepare_path
-    from forkserve.log import log, setup_error_log
+    from forkserve.arbiter import OLD_MASTER_ENV, Arbiter
+    from forkserve.loader import check_spec, prepare_path
+    from forkserve.log import check_log_path, log, setup_error_log
     from forkserve.notify import Notifier
     from forkserve.parser import resolve as resolve_parser
     from forkserve.process import daemonize, drop_privileges, resolve_identity
@@ -119,7 +133,7 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         systemd_listeners,
     )
 
-    setup_error_log(cfg.error_logfile, cfg.log_level)
+    setup_error_log(cfg.error_logfile, cfg.log_level, cfg.log_format)
     identity = resolve_identity(cfg.user, cfg.group)  # fail before binding anything
     resolve_parser(cfg.http)  # --http httptools without the extra: one line, exit 2
     if cfg.certfile:
@@ -130,8 +144,11 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         # fork (so HUP picks up renewed certificates), as the --user it runs as.
         make_context(cfg.certfile, cfg.keyfile, cfg.ca_certs, cfg.cert_reqs, cfg.ciphers)
     if cfg.umask is not None:
-        os.umask(cfg.umask)  # before binding: it sets the mode of unix socket files
+        os.umask(cfg.umask)  # for the files the app creates; sockets: unix_mode below
     prepare_path(cfg.chdir, cfg.pythonpath)
+    check_spec(cfg.app)  # a typo in APP: one line now, before binding or forking
+    # After --chdir: workers open a relative access log path from there.
+    check_log_path(cfg.access_logfile, "--access-logfile")
     # Where the sockets come from, first match wins: the old master of a USR2
     # upgrade, systemd socket activation, or our own --bind.
     fds = inherited_fds(os.environ)
@@ -139,7 +156,13 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
     if listeners and not fds:
         log.info("Using %d socket(s) passed by systemd; --bind is ignored", len(listeners))
     if not listeners:
-        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port)
+        # An explicit --umask still narrows the socket's mode (so a --umask 077
+        # set to keep the socket private keeps doing so); an inherited one does not.
+        unix_mode = cfg.unix_socket_mode & ~(cfg.umask or 0)
+        listeners = bind_all(cfg.bind, cfg.backlog, cfg.reuse_port, unix_mode)
+    for listener in listeners:
+        listener.tls = bool(cfg.certfile)  # every listener speaks TLS when it is on
+    metrics, statsd = _observability(cfg, upgrading=bool(os.environ.get(OLD_MASTER_ENV)))
     if identity is not None:
         chown_unix_sockets(listeners, identity.uid, identity.gid)
         drop_privileges(identity)
@@ -151,7 +174,35 @@ def _run(cfg: Config, given: Mapping[str, Any], launch_dir: str) -> int:
         return resolve(given, os.environ, launch_dir)[0]
 
     notifier = Notifier.from_env(os.environ)
-    return Arbiter(cfg, listeners, reload_config=reload_config, notifier=notifier).run()
+    return Arbiter(cfg, listeners, reload_config=reload_config, notifier=notifier,
+                   metrics=metrics, statsd=statsd).run()
+
+
+def _observability(cfg: Config, upgrading: bool) -> tuple[Any, Any]:
+    """The metrics endpoint and the statsd socket: set up before privileges are dropped.
+
+    Imported only when configured: prometheus_client is an optional extra.
+    `upgrading`: this is a new master started by USR2, whose old master may
+    still hold a unix: metrics path; serving matters more than metrics then.
+    """
+    from forkserve.errors import BindError
+    from forkserve.log import log
+
+    metrics = statsd = None
+    if cfg.metrics_bind:
+        from forkserve.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer.bind(cfg.metrics_bind)
+        except BindError as exc:
+            if not upgrading:
+                raise
+            log.warning("No metrics endpoint until the next restart: %s", exc)
+    if cfg.statsd_host:
+        from forkserve.statsd import Statsd
+
+        statsd = Statsd(cfg.statsd_host, cfg.statsd_prefix)
+    return metrics, statsd
 
 
 def fail(message: str, status: int) -> None:
@@ -163,6 +214,11 @@ def command(**values: Any) -> None:
     given = _given(values)
     launch_dir = os.getcwd()  # --chdir moves us; the config file is found from here
     try:
+        if given.get("from_gunicorn"):  # before resolve(): forkserve's own config may not exist
+            from forkserve.gunicorn_conf import from_gunicorn
+
+            click.echo(from_gunicorn(given["from_gunicorn"]), nl=False)
+            sys.exit(0)
         cfg, origin, file_label = resolve(given, os.environ, launch_dir)
         if given.get("print_config"):
             click.echo(f"# forkserve {__version__}: effective settings "
@@ -182,7 +238,48 @@ def command(**values: Any) -> None:
     sys.exit(status)
 
 
-cli = click.Command(
+EXAMPLES = """\
+\b
+Examples:
+  forkserve myapp:app                       127.0.0.1:8000, one worker
+  forkserve myproject.wsgi -w 4 -b 0.0.0.0:8000 --access-logfile -
+                                            MODULE alone means MODULE:application
+  forkserve 'myapp:create_app()' -b unix:/run/myapp/web.sock
+                                            a factory; a socket for nginx
+  forkserve myapp:app --certfile cert.pem --keyfile key.pem -b 0.0.0.0:8443
+  forkserve myapp:app --reload              development: new workers on code changes
+  forkserve --print-config myapp:app        every setting and where it came from
+  forkserve --check-config myapp:app        load settings and app, serve nothing
+
+Every option is described in docs/settings.md, under the same headings.
+"""
+
+
+class GroupedCommand(click.Command):
+    """`--help` with the options under the headings of docs/settings.md, in its order.
+
+    Both come from the `section` of each setting's declaration; options that are
+    not settings (--config, --version, ...) come last.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        section_of = {name: meta.section for name, (_field, meta) in SETTINGS.items()}
+        groups: dict[str, list[tuple[str, str]]] = {
+            section: [] for section in dict.fromkeys(section_of.values())}
+        other: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            section = section_of.get(param.name or "")
+            (groups[section] if section else other).append(record)
+        for section, rows in [*groups.items(), ("Configuration and help", other)]:
+            if rows:
+                with formatter.section(section):
+                    formatter.write_dl(rows)
+
+
+cli = GroupedCommand(
     "forkserve",
     callback=command,
     params=[
@@ -191,9 +288,11 @@ cli = click.Command(
                      callback=lambda ctx, _p, v: _print_version(ctx, v),
                      help="Show the version and exit."),
     ],
-    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY()) with a "
-    "pool of prefork sync workers. Settings come from, lowest to highest: defaults, the "
-    "config file, FORKSERVE_* environment variables, the command line.",
+    help="Serve the WSGI application APP (MODULE:ATTRIBUTE or MODULE:FACTORY(); MODULE "
+    "alone means MODULE:application) with a pool of prefork sync workers. Settings come "
+    "from, lowest to highest: defaults, PORT / WEB_CONCURRENCY / FORWARDED_ALLOW_IPS / "
+    "SCRIPT_NAME, the config file, FORKSERVE_* environment variables, the command line.",
+    epilog=EXAMPLES,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 

@@ -166,6 +166,11 @@ def parse_bind(text: str) -> str:
     if value.startswith("fd://"):
         parse_int(0)(value[5:])
         return value
+    if value.isdigit():
+        # A bare port: a host named "8000" is never what was meant.
+        raise ValueError(f"expected HOST:PORT, got a port alone; did you mean "
+                         f"0.0.0.0:{value} (every interface) or 127.0.0.1:{value} (this "
+                         f"machine only)?")
     m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\](?::(\d+))?|([^:\[\]]*)(?::(\d+))?", value)
     if not m:
         raise ValueError(f"expected HOST:PORT, [IPv6]:PORT or unix:PATH, got {text!r}")
@@ -198,6 +203,15 @@ def parse_umask(text: str) -> int:
     return int(digits, 8)
 
 
+def parse_file_mode(text: str) -> int:
+    """Permission bits in octal, as chmod spells them: 666, 0o660, 600."""
+    value = text.strip().lower()
+    digits = value[2:] if value.startswith("0o") else value
+    if not re.fullmatch(r"[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
+        raise ValueError(f"expected octal permission bits such as 666 or 0o660, got {text!r}")
+    return int(digits, 8)
+
+
 def show_umask(value: Any) -> str:
     return "" if value is None else f"0o{value:03o}"
 
@@ -208,6 +222,13 @@ def parse_url_path(text: str) -> str | None:
         return None
     if not value.startswith("/") or "?" in value or "#" in value or " " in value:
         raise ValueError(f"expected a URL path such as /healthz, got {text!r}")
+    return value
+
+
+def parse_path_prefix(text: str) -> str:
+    value = parse_url_path(text)
+    if value is None:
+        raise ValueError("expected a URL path prefix such as /upload/, got nothing")
     return value
 
 
@@ -268,6 +289,44 @@ def threads_per_worker(worker_class: str, threads: int) -> int:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+
+
+def parse_header_name(text: str) -> str:
+    value = text.strip()
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"expected a header name such as X-Request-ID, got {text!r}")
+    return value
+
+
+def parse_metrics_bind(text: str) -> str | None:
+    """HOST:PORT or unix:PATH (no fd://: the master binds it itself); '' = off."""
+    if not text.strip():
+        return None
+    if text.strip().startswith("fd://"):
+        raise ValueError(f"expected HOST:PORT or unix:PATH, got {text!r}")
+    return parse_bind(text)
+
+
+def parse_statsd_host(text: str) -> str | None:
+    """HOST:PORT of a statsd daemon; '' = off."""
+    value = text.strip()
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return value
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
@@ -314,7 +373,8 @@ class Config:
         "-b",
         "--bind",
         help="Address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH. Repeat for several. "
-        "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set.",
+        "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set and no bind is given "
+        "elsewhere.",
         section="Sockets",
         parse=parse_bind,
         metavar="ADDRESS",
@@ -333,7 +393,7 @@ class Config:
         "-w",
         "--workers",
         help="Number of worker processes, or 'auto' for one per usable CPU. Default "
-        "$WEB_CONCURRENCY, else 1.",
+        "$WEB_CONCURRENCY (when no workers value is given elsewhere), else 1.",
         section="Workers",
         parse=parse_workers,
         metavar="INT",
@@ -411,7 +471,8 @@ class Config:
     body_timeout: float = setting(
         60.0,
         "--body-timeout",
-        help="Seconds a client has to send the whole request body.",
+        help="Seconds a request body may go without a byte arriving before the request is "
+        "refused with 408 (an inactivity limit, reset by every read).",
         section="HTTP",
         parse=parse_float(0.001),
         metavar="SECONDS",
@@ -427,9 +488,9 @@ class Config:
     body_buffer_size: int = setting(
         1048576,
         "--body-buffer-size",
-        help="Request bodies up to this many bytes are received in full, with the connection "
-        "parked, before the app runs, so a slow upload does not hold a worker. Larger bodies "
-        "are streamed to the app as they arrive.",
+        help="Request bodies are received in full, with the connection parked, before the app "
+        "runs, so a slow upload never holds a worker: up to this many bytes in memory, the rest "
+        "spooled to a temporary file (in $TMPDIR), up to --limit-request-body.",
         section="HTTP",
         parse=parse_int(0),
         metavar="BYTES",
@@ -444,6 +505,18 @@ class Config:
         section="HTTP",
         parse=parse_http,
         metavar="PARSER",
+    )
+    stream_body_paths: list[str] = setting(
+        [],
+        "--stream-body-path",
+        help="A path prefix (e.g. /upload/) whose request bodies go to the app as they arrive "
+        "instead of being received first, for apps that process an upload while it streams. "
+        "The price: a client that stalls such an upload holds a worker for up to --body-timeout "
+        "per read. Repeatable.",
+        section="HTTP",
+        parse=parse_path_prefix,
+        metavar="PREFIX",
+        multiple=True,
     )
     limit_request_line: int = setting(
         4094,
@@ -563,7 +636,9 @@ class Config:
     access_logfile: str | None = setting(
         None,
         "--access-logfile",
-        help="Where to write the access log; '-' is stdout. Off by default.",
+        help="Where to write the access log; '-' is stdout. Off by default. A line that "
+        "cannot be written (full disk, closed pipe) is lost, counted, and reported in the "
+        "error log at most every 10 s; the request is unaffected.",
         section="Logging",
         parse=parse_optional_str,
         metavar="FILE",
@@ -571,8 +646,9 @@ class Config:
     access_logformat: str = setting(
         GUNICORN_ACCESS_FORMAT,
         "--access-logformat",
-        help="The access log line, with gunicorn's atoms: h l u t r m U q H s b B f a T M D L p "
-        "and {header}i / {header}o.",
+        help="The access log line, with gunicorn's atoms: h l u t r m U q H s b B f a T M D L p, "
+        "{header}i / {header}o (request / response header) and {KEY}e (a WSGI environ "
+        "key), each as %(atom)s.",
         section="Logging",
         parse=parse_str,
         metavar="FORMAT",
@@ -581,7 +657,8 @@ class Config:
         "-",
         "--error-logfile",
         "--log-file",
-        help="Where to write the error log; '-' is stderr.",
+        help="Where to write the error log; '-' is stderr. Lines that cannot be written are "
+        "counted and reported on stderr at most every 10 s.",
         section="Logging",
         parse=parse_str,
         metavar="FILE",
@@ -594,6 +671,59 @@ class Config:
         parse=parse_log_level,
         metavar="LEVEL",
     )
+    log_format: str = setting(
+        "text",
+        "--log-format",
+        help="How the error log and the access log are written: 'text' (gunicorn's lines) or "
+        "'json' (one JSON object per line; a worker's stack dump is one object).",
+        section="Logging",
+        parse=parse_log_format,
+        metavar="FORMAT",
+    )
+    request_id: bool = setting(
+        True,
+        "--request-id/--no-request-id",
+        help="Give every request an id: keep the client's --request-id-header when it is at "
+        "most 128 characters of A-Z a-z 0-9 . _ : -, else make one (32 hex digits, uuid4). "
+        "The id is in the environ, the response header and the access log.",
+        section="Logging",
+        parse=parse_bool,
+        switch=True,
+    )
+    request_id_header: str = setting(
+        "X-Request-ID",
+        "--request-id-header",
+        help="The header that carries the request id, in the request and the response.",
+        section="Logging",
+        parse=parse_header_name,
+        metavar="NAME",
+    )
+    metrics_bind: str | None = setting(
+        None,
+        "--metrics-bind",
+        help="Serve Prometheus metrics at GET /metrics on this address (HOST:PORT or "
+        "unix:PATH), from the master, summed over the workers. Needs prometheus_client "
+        "(pip install 'forkserve[metrics]'). Off by default.",
+        section="Metrics",
+        parse=parse_metrics_bind,
+        metavar="ADDRESS",
+    )
+    statsd_host: str | None = setting(
+        None,
+        "--statsd-host",
+        help="Send gunicorn's statsd metrics over UDP to HOST:PORT. Off by default.",
+        section="Metrics",
+        parse=parse_statsd_host,
+        metavar="HOST:PORT",
+    )
+    statsd_prefix: str = setting(
+        "",
+        "--statsd-prefix",
+        help="Prefix of every statsd metric name (a '.' is added after it).",
+        section="Metrics",
+        parse=parse_str,
+        metavar="PREFIX",
+    )
     reuse_port: bool = setting(
         False,
         "--reuse-port/--no-reuse-port",
@@ -603,11 +733,26 @@ class Config:
         parse=parse_bool,
         switch=True,
     )
+    unix_socket_mode: int = setting(
+        0o666,
+        "--unix-socket-mode",
+        help="Permission bits of the socket file of a unix:PATH bind (octal), less those an "
+        "explicit --umask removes; the umask forkserve merely inherits (often 022) does not "
+        "apply. The default 666 lets every local user connect, as gunicorn's default does: "
+        "no more open than 127.0.0.1, and what nginx's unprivileged workers need. To "
+        "restrict it, use 660 with --group (the socket belongs to --user and --group), or "
+        "put the socket in a directory only the proxy can enter.",
+        section="Sockets",
+        parse=parse_file_mode,
+        metavar="MODE",
+        show=show_umask,
+    )
     umask: int | None = setting(
         None,
         "--umask",
-        help="The file mode mask (octal, e.g. 007) set in the master before binding: it "
-        "decides the mode of unix: sockets and of files the app creates. Default: inherited.",
+        help="The file mode mask (octal, e.g. 007) set in the master before forking: it "
+        "decides the mode of files the app creates, and removes bits from "
+        "--unix-socket-mode. Default: inherited (and not applied to unix: sockets).",
         section="Process",
         parse=parse_umask,
         metavar="MASK",
@@ -962,9 +1107,10 @@ ENV_CMD_ARGS = ENV_PREFIX + "CMD_ARGS"
 # fds and the old master's pid a USR2 re-exec hands to the new master
 # (sockets.REEXEC_FDS_ENV, arbiter.OLD_MASTER_ENV).
 ENV_NOT_SETTINGS = (ENV_CMD_ARGS, ENV_PREFIX + "FDS", ENV_PREFIX + "OLD_MASTER")
-# Conventions of containers and PaaS (Heroku, Cloud Run, ...): each ranks below
-# the explicit FORKSERVE_ variable for the same setting. forwarded_allow_ips is
-# gunicorn's name; it applies once that setting is declared.
+# Conventions of containers and PaaS (Heroku, Cloud Run, ...). Each is only a
+# default, as in gunicorn: a value from the config file, a FORKSERVE_ variable
+# or the command line wins. (A platform's PORT silently replacing the file's
+# `bind = ["127.0.0.1:8001"]` with 0.0.0.0 would open every interface.)
 ENV_CONVENTIONS = {
     "PORT": "bind",
     "WEB_CONCURRENCY": "workers",
@@ -973,11 +1119,8 @@ ENV_CONVENTIONS = {
 }
 
 
-def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    """Raw settings from the environment: FORKSERVE_<SETTING> plus the container conventions.
-
-    FORKSERVE_CMD_ARGS is parsed by the command line (`cli.py`), not here.
-    """
+def convention_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Raw defaults from the container conventions (PORT, WEB_CONCURRENCY, ...)."""
     raw: dict[str, tuple[Any, str]] = {}
     for var, name in ENV_CONVENTIONS.items():
         if env.get(var) and name in SETTINGS:
@@ -985,6 +1128,16 @@ def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             if var == "PORT":
                 value = [f"0.0.0.0:{env[var]}"]
             raw[name] = (value, f"env {var}")
+    return raw
+
+
+def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Raw settings from the environment's FORKSERVE_<SETTING> variables.
+
+    FORKSERVE_CMD_ARGS is parsed by the command line (`cli.py`), not here;
+    the container conventions are `convention_layer`.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
     known = {env_name(n): n for n in SETTINGS}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
@@ -1004,7 +1157,7 @@ def load(
     file: Mapping[str, tuple[Any, str]] | None = None,
     env_args: Mapping[str, Any] | None = None,
 ) -> tuple[Config, dict[str, str]]:
-    """Layer defaults < config file < environment < command line.
+    """Layer defaults < container conventions < config file < environment < command line.
 
     `file` is `file_layer()`'s result; `env_args` the settings given in
     FORKSERVE_CMD_ARGS (they rank above the other environment variables);
@@ -1012,6 +1165,9 @@ def load(
     not given). Returns the settings and, for each, where its value came from.
     """
     layers: list[tuple[str, Any, str]] = []
+    conventions = convention_layer(env)
+    for name, (value, source) in conventions.items():
+        layers.append((name, value, source))
     for name, (value, source) in (file or {}).items():
         layers.append((name, value, source))
     for name, (value, source) in env_layer(env).items():
@@ -1027,6 +1183,9 @@ def load(
     for name, value, source in layers:
         values[name] = _parse(name, value, source)
         origin[name] = source
+    for name, (_value, source) in conventions.items():
+        if origin[name] != source:  # --print-config says the convention lost
+            origin[name] += f" (over {source}, a default only)"
     return Config(**values), origin
 
 

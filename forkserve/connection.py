@@ -23,10 +23,11 @@ import errno
 import os
 import select
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from forkserve.config import Config
 from forkserve.environ import Body, build_environ
@@ -37,16 +38,20 @@ from forkserve.http import (
     HeadFacts,
     LengthDecoder,
     Limits,
+    as_http11,
+    check_first_byte,
     check_head,
     find_head_end,
+    judge_request_line,
+    request_line_of,
     strip_leading_empty_lines,
 )
 from forkserve.log import AccessLog, log
 from forkserve.parser import HeadParser, RequestHead, head_parser, parse_h11
 from forkserve.proxy import AllowList, ProxyProtocolError, apply_forwarded, parse_proxy_header
-from forkserve.response import ResponseWriter, error_response
+from forkserve.response import ResponseWriter, error_body, error_response
 from forkserve.tls import make_context
-from forkserve.wsgi import StartResponse
+from forkserve.wsgi import ResponseError, StartResponse
 
 if TYPE_CHECKING:
     # ssl is imported only once TLS is configured (forkserve.tls): loading it
@@ -87,6 +92,19 @@ class ClientSocket(Protocol):
     def close(self) -> None: ...
 
 
+RequestLine = tuple[bytes, bytes, bytes]  # method, target, version ("HTTP/1.1") as received
+
+
+class Refusal(NamedTuple):
+    """A request the server answered itself, before (or instead of) the app."""
+
+    status: int
+    detail: str  # why, for the error log (never sent)
+    peer: tuple[str, int] | None
+    request_line: RequestLine | None  # None when no valid-looking line was read
+    sent: int  # body bytes of the error page that went out
+
+
 @dataclass
 class Settings:
     """The few values a connection needs (not the whole config); built once per worker."""
@@ -101,6 +119,11 @@ class Settings:
     proxy_protocol: AllowList | None = None  # peers that must send a PROXY header; None = off
     tls: ssl.SSLContext | None = None
     parse_head: HeadParser = parse_h11  # the parser seam (forkserve.parser)
+    app_name: str = "APP"  # the APP spec, to name the app in its errors
+    stream_body_paths: tuple[bytes, ...] = ()  # --stream-body-path prefixes, as bytes
+    # Told of every request refused before the app (the worker's access and
+    # error logs); None = a debug line only.
+    on_refused: Callable[[Refusal], None] | None = None
 
 
 _NO_BODY = LengthDecoder(0)  # never fed: a request with bytes after it gets its own
@@ -120,7 +143,7 @@ class Connection:
         "buf",
         "scan",
         "deadline",
-        "body_deadline",
+        "spool",
         "last_active",
         "request",
         "facts",
@@ -136,6 +159,8 @@ class Connection:
         "tls",
         "peer_closed",
         "hold_fd",
+        "line_judged",
+        "writer",
     )
 
     def __init__(
@@ -169,8 +194,11 @@ class Connection:
         self.state = State.HEAD
         self.buf = bytearray()
         self.scan = 0
+        self.line_judged = False  # the request line in `buf` has ended and is valid
+        self.writer: ResponseWriter | None = None  # while the app runs: its response
         self.deadline = now + settings.header_timeout
-        self.body_deadline = 0.0
+        # The body past --body-buffer-size, on disk while it arrives (None = all in memory).
+        self.spool: IO[bytes] | None = None
         self.last_active = now
         self.request: RequestHead | None = None
         self.facts: HeadFacts | None = None
@@ -239,6 +267,8 @@ class Connection:
                 return self.advance_head(now)
             return self.advance_head(now, data)  # the common case: a whole head in one read
         if self.state is State.BODY:
+            # --body-timeout limits inactivity: every read starts it again.
+            self.deadline = now + self.settings.body_timeout
             return self.advance_body(data)
         return self.state
 
@@ -273,10 +303,12 @@ class Connection:
         it lies (a head that came in one read is never copied) and goes into
         `buf` only if the head is not complete yet.
         """
+        buf: bytes | bytearray = self.buf if fresh is None else fresh
         try:
-            if self.proxy_pending and not self._proxy_header():
-                return self.state
-            buf: bytes | bytearray = self.buf if fresh is None else fresh
+            if self.proxy_pending:
+                if not self._proxy_header():
+                    return self.state
+                buf = self.buf
             skip = strip_leading_empty_lines(buf)
             if skip:
                 if fresh is None:
@@ -285,8 +317,14 @@ class Connection:
                     buf = fresh = fresh[skip:]
                 self.scan = 0
             limits = self.settings.limits
+            check_first_byte(buf)  # before the line-ending rules: a TLS hello gets its own 400
             end = find_head_end(buf, self.scan, limits)
             if end < 0:
+                # Incomplete: judge the request line as far as it came, so a
+                # client that will never send a valid head hears so now, not
+                # at the header timeout.
+                if not self.line_judged:
+                    self.line_judged = judge_request_line(buf, self.scan, limits)
                 if fresh is not None:
                     self.buf += fresh
                 self.scan = len(self.buf)
@@ -294,14 +332,20 @@ class Connection:
             head = bytes(buf[:end])  # a whole bytes object is not copied
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
+            if facts.http11:
+                # HTTP/1.2 and up (RFC 9110 §2.5): served as HTTP/1.1, and the
+                # app is told so (SERVER_PROTOCOL, docs/security.md). Rewritten
+                # before the parser, so h11 and httptools answer alike.
+                head = as_http11(head)
             event = self.settings.parse_head(head)
             self.buf = bytearray()
             self.scan = 0
+            self.line_judged = False
             length = facts.content_length
             if limits.body and length is not None and length > limits.body:
                 raise HTTPError(413, "Content-Length larger than --limit-request-body")
         except HTTPError as exc:
-            self.refuse(exc.status, exc.detail)
+            self.refuse(exc.status, exc.detail, exc.body, raw=buf)
             return self.state
         self.request, self.facts = event, facts
         self.body_chunks, self.body_size = [], 0
@@ -317,24 +361,49 @@ class Connection:
             self.state = State.READY
             return self.state
         self.decoder = ChunkedDecoder(limits) if facts.chunked else LengthDecoder(length or 0)
-        self.body_deadline = now + self.settings.body_timeout
-        buffer_size = self.settings.body_buffer_size
         if facts.expect_continue and rest:
             # The client did not wait: its body is already arriving. RFC 9110
-            # §10.1.1 lets the server omit the 100 then, and the body is
-            # received like any other (parked, checked before the app runs).
+            # §10.1.1 lets the server omit the 100 then.
             facts = self.facts = facts._replace(expect_continue=False)
-        if facts.expect_continue:
-            # The app decides whether it wants the body: 100 Continue goes out
-            # when it first reads (RFC 9110 §10.1.1), so the body is streamed.
-            # The price: a client that then trickles holds this worker up to
-            # --body-timeout (docs/security.md).
+        if self._streams(event.target):
+            # The app asked for this path's bodies as they arrive
+            # (--stream-body-path): 100 Continue goes out when it first reads
+            # (RFC 9110 §10.1.1). The price: a client that stalls holds this
+            # worker up to --body-timeout per read (docs/security.md).
             return self._stream_rest(rest)
-        if length is not None and length > buffer_size:
-            return self._stream_rest(rest)  # too large to hold: streamed to the app
+        # Everything else is received parked, so no upload holds a worker:
+        # the app runs once the whole body is here, in memory up to
+        # --body-buffer-size and spooled to a temporary file past it.
+        if facts.expect_continue:
+            # The head passed the limits (--limit-request-body was checked
+            # against Content-Length above): ask for the body now.
+            self.facts = facts._replace(expect_continue=False)
+            if not self._send_continue_parked():
+                return self.state
         self.state = State.BODY
-        self.deadline = self.body_deadline
+        self.deadline = now + self.settings.body_timeout
         return self.advance_body(rest)
+
+    def _streams(self, target: bytes) -> bool:
+        """True if the app asked for this request's body as it arrives."""
+        prefixes = self.settings.stream_body_paths
+        return bool(prefixes) and target.startswith(prefixes)
+
+    def _send_continue_parked(self) -> bool:
+        """Send 100 Continue without blocking; False (and closed) if the socket will not take it.
+
+        Nothing else is in the send buffer now (every earlier response was
+        written in full), so 25 bytes fit unless the client is gone.
+        """
+        try:
+            sent = self.sock.send(CONTINUE)
+        except OSError:
+            sent = 0
+        if sent != len(CONTINUE):
+            log.debug("closing %s: could not send 100 Continue", self.peer)
+            self.close()
+            return False
+        return True
 
     def _stream_rest(self, rest: bytes) -> State:
         """A body to stream: whatever already arrived is decoded now, the rest on demand."""
@@ -370,18 +439,33 @@ class Connection:
         return True
 
     def advance_body(self, data: bytes) -> State:
-        """Decode body bytes into the buffer until the body ends or the buffer is full."""
+        """Decode body bytes into memory (then the spool file) until the body ends."""
         try:
             pieces = self.decoder.decode(data)
+            for piece in pieces:
+                self._keep(piece)
         except HTTPError as exc:
             self.refuse(exc.status, exc.detail)
             return self.state
-        for piece in pieces:
-            self.body_chunks.append(piece)
-            self.body_size += len(piece)
-        if self.decoder.done or self.body_size >= self.settings.body_buffer_size:
-            self.state = State.READY  # complete, or the rest is streamed to the app
+        if self.decoder.done:
+            if self.spool is not None:
+                self.spool.seek(0)
+            self.state = State.READY
         return self.state
+
+    def _keep(self, piece: bytes) -> None:
+        """Hold one decoded body piece: in memory up to --body-buffer-size, then on disk."""
+        self.body_size += len(piece)
+        spool = self.spool
+        if spool is None:
+            if self.body_size <= self.settings.body_buffer_size:
+                self.body_chunks.append(piece)
+                return
+            spool = self.spool = _open_spool()
+            for chunk in self.body_chunks:
+                _spool_write(spool, chunk)
+            self.body_chunks = []
+        _spool_write(spool, piece)
 
     def expire(self, now: float) -> None:
         """Called by the worker's sweep: close a connection past its deadline.
@@ -419,14 +503,36 @@ class Connection:
         self.deadline = now + linger
 
     # -- answering without the app ---------------------------------------
-    def refuse(self, status: int, detail: str) -> None:
-        """Answer a request the server rejects, then close without losing the answer."""
-        log.debug("refused %s from %s: %s", status, self.peer, detail)
+    def refuse(self, status: int, detail: str, body: bytes | None = None,
+               raw: bytes | bytearray | None = None) -> None:
+        """Answer a request the server rejects, then close without losing the answer.
+
+        `raw` is the head as received when it was refused before it was parsed
+        (else `buf`): the access log shows its request line if it has one.
+        """
+        self._drop_spool()
+        if body is None:
+            body = error_body(status)
+        sent = len(body)
         try:
-            self.sock.send(error_response(status, detail))
+            self.sock.send(error_response(status, detail, body))
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
+            sent = 0
             self.close()
+        report = self.settings.on_refused
+        if report is not None:
+            request = self.request
+            if request is not None:
+                line: RequestLine | None = (request.method, request.target,
+                                            b"HTTP/" + request.http_version)
+            else:
+                line = request_line_of(self.buf if raw is None else raw,
+                                       self.settings.limits)
+            report(Refusal(status, detail, self.peer, line, sent))
+        else:
+            log.debug("refused %s from %s: %s", status, self.peer, detail)
+        if self.state is State.CLOSED:
             return
         # Closing with unread bytes would send RST and could destroy the answer
         # before the client reads it: read and discard for a moment first.
@@ -434,9 +540,28 @@ class Connection:
         self.buf = bytearray()
         self.deadline = time.monotonic() + LINGER_SECONDS
 
+    def answer_timeout(self) -> None:
+        """The worker is being ended by --timeout while the app runs (from a signal handler).
+
+        If no byte of the response went out, the client gets a 500 instead of
+        an empty reply that clients and proxies report as a protocol error; a
+        response already begun can only be cut off. Either way the write side
+        is shut so the client sees the end at once. One non-blocking send: the
+        process is about to exit and must not wait for a client.
+        """
+        writer = self.writer
+        try:
+            if writer is not None and not writer.headers_sent:
+                writer.headers_sent = True
+                self.sock.send(error_response(500, "worker timeout"))
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
+            self._drop_spool()
             if self.hold_fd:
                 return
             try:
@@ -450,6 +575,15 @@ class Connection:
         if self.state is State.CLOSED:
             try:
                 self.sock.close()
+            except OSError:
+                pass
+
+    def _drop_spool(self) -> None:
+        """Close (and so delete) the spooled body of the request just done or abandoned."""
+        if self.spool is not None:
+            spool, self.spool = self.spool, None
+            try:
+                spool.close()
             except OSError:
                 pass
 
@@ -479,8 +613,8 @@ class Connection:
             try:
                 apply_forwarded(environ, self.settings.forwarded)
             except HTTPError as exc:
-                self.request = None
                 self.refuse(exc.status, exc.detail)
+                self.request = None
                 return
         hooks.started(request, environ, self.peer_label, started)
         writer = ResponseWriter(
@@ -488,10 +622,15 @@ class Connection:
         )
         start_response = StartResponse(writer.write_legacy)
         writer.start = start_response
+        self.writer = writer
         result: Iterable[bytes] | None = None
         try:
             try:
                 result = app(environ, start_response)
+                if result is None:
+                    raise ResponseError(
+                        f"the app {self.settings.app_name} returned None instead of an "
+                        "iterable of bytes (a missing `return`?)")
                 writer.send_iterable(result)
             finally:
                 if result is not None and hasattr(result, "close"):
@@ -509,7 +648,13 @@ class Connection:
             writer.broken = True
         except BodyError as exc:
             writer.fail(exc.status, f"request body: {exc.detail}", log_traceback=False)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # SystemExit and KeyboardInterrupt from the app are the app's failure,
+            # not a request to stop the worker: a `sys.exit()` in a view must not
+            # take the worker (or, read as a boot failure, the server) down.
+            # gunicorn answers 500 too. forkserve's own stop signals never raise
+            # them here: the worker records SIGINT/SIGQUIT/SIGTERM in its signal
+            # queue and acts on them once this request is done.
             writer.fail(500, f"Error handling request {environ['REQUEST_METHOD']} "
                         f"{environ['RAW_URI']}", exc=exc)
         finished = time.monotonic()
@@ -521,6 +666,8 @@ class Connection:
 
     def _make_body(self) -> Body:
         if self.decoder.done:
+            if self.spool is not None:
+                return Body(file=self.spool)
             return Body(self.body_chunks)
         facts = self.facts
         assert facts is not None
@@ -534,7 +681,8 @@ class Connection:
         """Next decoded body piece for `wsgi.input`, read under the body deadline."""
         decoder = self.decoder
         while not decoder.done:
-            data = self.recv_within(self.body_deadline)
+            # --body-timeout limits inactivity, read by read.
+            data = self.recv_within(time.monotonic() + self.settings.body_timeout)
             if not data:
                 self.peer_closed = True
                 raise BodyError(400, "client closed during the request body")
@@ -624,10 +772,12 @@ class Connection:
         return total
 
     def _finish_cycle(self, body: Body, writer: ResponseWriter, now: float) -> None:
+        self.writer = None
         self.requests += 1
         self.request = None
         self.facts = None
         self.body_chunks = []
+        self._drop_spool()
         keep = (self.keep_alive and not writer.close and not writer.broken
                 and not self.draining and not self.peer_closed)
         if keep and not self.decoder.done:
@@ -650,6 +800,7 @@ class Connection:
         rest = decoder.rest
         self.buf = bytearray(rest)
         self.scan = 0
+        self.line_judged = False
         self.last_active = now
         if rest:
             self.state = State.HEAD
@@ -695,6 +846,23 @@ def _tls_wants(exc: OSError) -> int:
     return 0
 
 
+def _open_spool() -> IO[bytes]:
+    """An anonymous temporary file for a body past --body-buffer-size (gone once closed)."""
+    try:
+        return tempfile.TemporaryFile(prefix="forkserve-body-")
+    except OSError as exc:
+        log.error("cannot spool a request body to a temporary file: %s", exc)
+        raise HTTPError(503, f"cannot spool the request body: {exc}") from None
+
+
+def _spool_write(spool: IO[bytes], data: bytes) -> None:
+    try:
+        spool.write(data)
+    except OSError as exc:  # a full disk: the request fails, the worker does not
+        log.error("cannot spool a request body to a temporary file: %s", exc)
+        raise HTTPError(503, f"cannot spool the request body: {exc}") from None
+
+
 def _wait(fd: int, events: int, deadline: float) -> bool:
     """Wait for `events` on `fd` until `deadline`; False on timeout."""
     poller = select.poll()
@@ -733,4 +901,6 @@ def settings_from(cfg: Config) -> Settings:
         proxy_protocol=AllowList(cfg.proxy_allow_ips) if cfg.proxy_protocol else None,
         tls=tls,
         parse_head=head_parser(cfg.http),
+        app_name=cfg.app or "APP",
+        stream_body_paths=tuple(p.encode("latin-1") for p in cfg.stream_body_paths),
     )

@@ -7,10 +7,11 @@ from chunks already received and an optional function that pulls more.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from forkserve import SERVER_SOFTWARE
@@ -188,21 +189,26 @@ class Body:
 
     `chunks` holds body bytes already received; `pull` (if any) returns the
     next piece from the connection, or b"" once the body has ended. Reading
-    past the end returns b"" (PEP 3333 and `wsgi.input_terminated`).
+    past the end returns b"" (PEP 3333 and `wsgi.input_terminated`). A body
+    received in full before the app runs is seekable; one spooled to disk is
+    read from `file` (already at offset 0). A streamed body (`pull`) is not.
     """
 
-    __slots__ = ("_buf", "_pos", "_pull", "_on_first_read")
+    __slots__ = ("_buf", "_pos", "_pull", "_on_first_read", "_file", "_streamed")
 
     def __init__(
         self,
         chunks: list[bytes] | None = None,
         pull: Callable[[], bytes] | None = None,
         on_first_read: Callable[[], None] | None = None,
+        file: IO[bytes] | None = None,
     ) -> None:
         self._buf = b"".join(chunks) if chunks else b""
         self._pos = 0
         self._pull = pull
         self._on_first_read = on_first_read
+        self._file = file
+        self._streamed = pull is not None  # read as it arrives: what was read is gone
 
     @property
     def waiting_for_continue(self) -> bool:
@@ -232,11 +238,13 @@ class Body:
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        if self._file is not None:
+            return self._file.read(-1 if size is None else size)
         if size is None or size < 0:
             while self._more():
                 pass
             out = self._buf[self._pos :]
-            self._buf, self._pos = b"", 0
+            self._pos = len(self._buf)  # kept: a received body can be read again after seek(0)
             return out
         while len(self._buf) - self._pos < size and self._more():
             pass
@@ -245,6 +253,8 @@ class Body:
         return out
 
     def readline(self, size: int | None = -1) -> bytes:
+        if self._file is not None:
+            return self._file.readline(-1 if size is None else size)
         limit = sys.maxsize if size is None or size < 0 else size
         while True:
             nl = self._buf.find(b"\n", self._pos, self._pos + limit)
@@ -277,6 +287,26 @@ class Body:
             if not line:
                 return
             yield line
+
+    def seekable(self) -> bool:
+        return not self._streamed
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move within a body received in full (not a streamed one: it is gone once read)."""
+        if self._file is not None:
+            return self._file.seek(offset, whence)
+        if self._streamed:
+            raise io.UnsupportedOperation("a streamed request body cannot seek")
+        base = (0, self._pos, len(self._buf))[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        if self._file is not None:
+            return self._file.tell()
+        if self._streamed:
+            raise io.UnsupportedOperation("a streamed request body cannot tell")
+        return self._pos
 
     def drain(self, limit: int) -> bool:
         """Discard up to `limit` unread bytes; True if the body then ended."""

@@ -39,10 +39,11 @@ class HTTPError(Exception):
     `Error.code`): one place turns it into a response and closes the connection.
     """
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, body: bytes | None = None) -> None:
         super().__init__(detail)
         self.status = status
-        self.detail = detail
+        self.detail = detail  # for the error log, never sent
+        self.body = body  # for the client, where the standard page would not help
 
 
 class WriteTimeout(Exception):

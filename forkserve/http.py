@@ -29,6 +29,18 @@ _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # UTF-8 must be percent-encoded; h11 refuses it too, so say so before it does.
 _BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+# RFC 9110 §2.5: a higher minor version of HTTP/1.x is handled as the highest
+# one the recipient supports (1.1); another major version is not HTTP/1.
+_LATER_HTTP1 = re.compile(rb"HTTP/1\.[2-9]")
+# Bytes that cannot appear in a request line (RFC 9112 §3: method SP target SP
+# version, all visible ASCII). CR is looked at apart: it may begin the CRLF.
+_BAD_LINE_BYTE = re.compile(rb"[^\x20-\x7e\r]")
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+TLS_HANDSHAKE = 0x16  # the first byte of every TLS record that opens a handshake
+PLAIN_HTTP_BODY = (
+    b"400 Bad Request\n"
+    b"This port speaks plain HTTP, not HTTPS (TLS): use an http:// URL here.\n"
+)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; uri-host is an IP-literal or a
 # reg-name (unreserved / pct-encoded / sub-delims, RFC 3986 §3.2.2). Empty is allowed.
@@ -237,11 +249,7 @@ def check_head(head: bytes, limits: Limits) -> HeadFacts:
     if len(request_line) > limits.request_line:
         raise HTTPError(414, "request line too long")
     method, target, version = _split_request_line(request_line)
-    http11 = version == b"HTTP/1.1"
-    if not http11 and version != b"HTTP/1.0":
-        if not _VERSION.fullmatch(version):
-            raise HTTPError(400, "malformed HTTP version")
-        raise HTTPError(505, "HTTP version not supported")
+    http11 = _http11(version)
     _check_target(method, target)
 
     content_lengths: list[bytes] = []
@@ -287,6 +295,98 @@ def check_head(head: bytes, limits: Limits) -> HeadFacts:
         raise HTTPError(501, "method not implemented")
     return HeadFacts(method, http11, bool(transfer_encodings), content_length, expect_continue,
                      keep_alive)
+
+
+def as_http11(head: bytes) -> bytes:
+    """`head` (checked, HTTP/1.1 or later 1.x) with its version as served: HTTP/1.1.
+
+    RFC 9110 §2.5: HTTP/1.2 and up are handled as HTTP/1.1. The head is
+    rewritten before either parser sees it, so both give the same answer: h11
+    would pass `1.2` through to the environ, llhttp refuses it ("Invalid HTTP
+    version"). check_head has proved the version is the request line's last
+    8 bytes.
+    """
+    end = head.index(b"\r\n")
+    if head[end - 8 : end] == b"HTTP/1.1":
+        return head
+    return head[: end - 8] + b"HTTP/1.1" + head[end:]
+
+
+def _http11(version: bytes) -> bool:
+    """True for HTTP/1.1 (and a later 1.x), False for HTTP/1.0; raise for the rest."""
+    if version == b"HTTP/1.1":
+        return True
+    if version == b"HTTP/1.0":
+        return False
+    if _LATER_HTTP1.fullmatch(version):
+        return True  # RFC 9110 §2.5: handled as HTTP/1.1
+    if not _VERSION.fullmatch(version):
+        raise HTTPError(400, "malformed HTTP version")
+    raise HTTPError(505, "HTTP version not supported")
+
+
+def check_first_byte(buf: bytes | bytearray) -> None:
+    """Refuse at once a request whose first byte cannot begin a method (O(1))."""
+    if not buf:
+        return
+    first = buf[0]
+    if first not in _TCHAR:
+        if first == TLS_HANDSHAKE:
+            raise HTTPError(400, "TLS handshake on the plain HTTP port", body=PLAIN_HTTP_BODY)
+        if first != 13 or len(buf) > 1:  # a lone CR may be the start of an empty line
+            raise HTTPError(400, "request does not begin with a method")
+
+
+def judge_request_line(buf: bytes | bytearray, start: int, limits: Limits) -> bool:
+    """Judge the request line of a head that is not complete yet, as far as it arrived.
+
+    True once the line has ended and is valid (it need not be judged again);
+    False while it may still become valid; raises HTTPError as soon as it
+    cannot (a first byte that cannot begin a method, a byte no request line
+    holds, a bare CR, a complete line that is not `method SP target SP
+    HTTP/x.y`). Without this a TLS ClientHello, an SSH banner or `GET /` of
+    HTTP/0.9 waits for the header timeout and gets a 408 instead of a 400.
+    `start` is how much of `buf` an earlier call already looked at, so a line
+    trickled in byte by byte is still scanned once.
+    """
+    check_first_byte(buf)
+    line_max = limits.request_line + 2
+    begin = max(0, start - 1)
+    eol = buf.find(b"\r\n", begin, line_max)
+    scan_to = min(len(buf), line_max) if eol < 0 else eol
+    bad = _BAD_LINE_BYTE.search(buf, begin, scan_to)
+    if bad is not None:
+        raise HTTPError(400, "invalid byte in request line")
+    cr = buf.find(b"\r", begin, scan_to)
+    if cr >= 0 and cr + 1 < len(buf):
+        raise HTTPError(400, "bare CR in request line")
+    if eol < 0:
+        return False  # find_head_end refuses a line over the limit
+    line = bytes(buf[:eol])
+    if len(line) > limits.request_line:
+        raise HTTPError(414, "request line too long")
+    method, target, version = _split_request_line(line)
+    _http11(version)
+    _check_target(method, target)
+    return True
+
+
+_LOGGABLE_LINE = re.compile(rb"([!-~]{1,32}) ([!-~]{1,4096}) (HTTP/[0-9]\.[0-9])")
+
+
+def request_line_of(raw: bytes | bytearray, limits: Limits) -> tuple[bytes, bytes, bytes] | None:
+    """The (method, target, version) of a refused head, if its first line has that shape.
+
+    For the access log of a request refused before it was parsed: only visible
+    ASCII comes back, so nothing a client sends can forge or break a log line.
+    """
+    eol = raw.find(b"\r\n", 0, limits.request_line + 2)
+    if eol < 0:
+        return None
+    m = _LOGGABLE_LINE.fullmatch(raw, 0, eol)
+    if m is None:
+        return None
+    return m[1], m[2], m[3]
 
 
 def _split_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:

@@ -68,10 +68,21 @@ class DateCache:
 DATE = DateCache()
 
 
-def error_response(status: int, detail: str = "") -> bytes:
-    """A complete response the server sends for a request it refuses itself."""
+def error_body(status: int) -> bytes:
+    """The body of the server's own error page for `status`."""
+    return f"{status} {REASONS.get(status, 'Error')}\n".encode("ascii")
+
+
+def error_response(status: int, detail: str = "", body: bytes | None = None) -> bytes:
+    """A complete response the server sends for a request it refuses itself.
+
+    `detail` stays in the error log, never on the wire (it may describe the
+    app's internals); `body` replaces the standard page where the server has
+    something more useful to say to the client.
+    """
     reason = REASONS.get(status, "Error")
-    body = f"{status} {reason}\n".encode("ascii")
+    if body is None:
+        body = error_body(status)
     return (
         f"HTTP/1.1 {status} {reason}\r\n"
         f"Content-Type: text/plain; charset=utf-8\r\n"
@@ -196,11 +207,15 @@ class ResponseWriter:
         """The `write()` callable: send the head first if needed, then `data`."""
         if not data:
             return
-        head = b""
-        if not self.headers_sent:
-            head = self._head(None)
-            self.headers_sent = True
-        self.conn.send_all(head + self._frame(data))
+        if self.headers_sent:
+            self.conn.send_all(self._frame(data))
+            return
+        head = self._head(None)
+        # Framed before the head counts as sent: a first chunk longer than the
+        # Content-Length raises here, while a clean 500 can still replace it.
+        out = head + self._frame(data)
+        self._mark_head_sent()
+        self.conn.send_all(out)
 
     def send_iterable(self, result: Iterable[bytes]) -> None:
         """Send the app's response iterable; one write for a small known body."""
@@ -219,7 +234,7 @@ class ResponseWriter:
             out = head + self._frame(body) if body else head
             if self.chunked:
                 out += b"0\r\n\r\n"
-            self.headers_sent = True
+            self._mark_head_sent()
             self.conn.send_all(out)
             self._check_complete()
             return
@@ -235,12 +250,19 @@ class ResponseWriter:
         out = b""
         if not self.headers_sent:
             out = self._head(0 if self.start and self.start.content_length is None else None)
-            self.headers_sent = True
+            self._mark_head_sent()
         if self.chunked:
             out += b"0\r\n\r\n"
         if out:
             self.conn.send_all(out)
         self._check_complete()
+
+    def _mark_head_sent(self) -> None:
+        """From here on the status cannot change: `start_response(..., exc_info)`
+        must re-raise (PEP 3333), so StartResponse has to see this too."""
+        self.headers_sent = True
+        if self.start is not None:
+            self.start.headers_sent = True
 
     def _check_complete(self) -> None:
         if self.remaining:
@@ -266,7 +288,7 @@ class ResponseWriter:
             raise ResponseError("the app returned without calling start_response")
         available = max(0, size - offset)
         head = self._head(available if self.start.content_length is None else None)
-        self.headers_sent = True
+        self._mark_head_sent()
         self.conn.send_all(head)
         if self.remaining is None:
             return True  # HEAD / 204 / 304: no body
@@ -289,8 +311,16 @@ class ResponseWriter:
             self.broken = True  # mid-stream: the only honest signal left is closing
             return
         self.status = f"{status} {REASONS.get(status, 'Error')}"
-        self.headers_sent = True
+        self._mark_head_sent()
+        # What the access log reports is what went out: the error page, not
+        # the head the app's response had before it failed.
+        body = error_body(status)
+        self.sent_headers = [("Content-Type", "text/plain; charset=utf-8"),
+                             ("Content-Length", str(len(body))), ("Connection", "close")]
+        self.sent = 0
         try:
-            self.conn.send_all(error_response(status))
+            self.conn.send_all(error_response(status, body=body))
         except (ClientGone, WriteTimeout):
             self.broken = True
+            return
+        self.sent = len(body)

@@ -22,6 +22,7 @@ class Listener:
     sock: socket.socket
     bind: str  # the --bind text it came from
     is_unix: bool
+    tls: bool = False  # served with --certfile: shown as https://
 
     @property
     def url(self) -> str:
@@ -30,7 +31,7 @@ class Listener:
         host, port = self.sock.getsockname()[:2]
         if self.sock.family == socket.AF_INET6:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def close(self, unlink: bool = True) -> None:
         path = self.sock.getsockname() if self.is_unix else None
@@ -80,7 +81,13 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise BindError(f"cannot bind unix:{path}: another server is listening there")
 
 
-def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
+# Permission bits of a unix socket file when the caller does not say (the
+# --unix-socket-mode default): connectable by every local user, as gunicorn's.
+UNIX_SOCKET_MODE = 0o666
+
+
+def bind_one(bind: str, backlog: int, reuse_port: bool = False,
+             unix_mode: int = UNIX_SOCKET_MODE) -> Listener:
     if bind.startswith("fd://"):
         fd = int(bind[5:])
         try:
@@ -95,6 +102,7 @@ def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
         if family == socket.AF_UNIX:
             assert isinstance(address, str)
             _remove_stale_unix_socket(address)
+            _bind_unix(sock, address, unix_mode)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -105,7 +113,7 @@ def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
             # connect costs no worker wake-up (Linux; ignored elsewhere).
             if hasattr(socket, "TCP_DEFER_ACCEPT"):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
-        sock.bind(address)
+            sock.bind(address)
         sock.listen(backlog)
     except BindError:
         sock.close()
@@ -118,6 +126,17 @@ def bind_one(bind: str, backlog: int, reuse_port: bool = False) -> Listener:
         raise BindError(f"cannot bind {bind}: {reason}") from None
     sock.set_inheritable(True)
     return Listener(sock, bind, family == socket.AF_UNIX)
+
+
+def _bind_unix(sock: socket.socket, path: str, mode: int) -> None:
+    """Create the socket file with exactly `mode`: bind(2) applies the umask, so set
+    one for the call (master, pre-fork: single-threaded) instead of a chmod after,
+    which would leave the file connectable by anyone for a moment."""
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
 
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
@@ -168,12 +187,13 @@ def chown_unix_sockets(listeners: list[Listener], uid: int, gid: int) -> None:
             os.chown(listener.bind[5:], uid, gid)
 
 
-def bind_all(binds: list[str], backlog: int, reuse_port: bool = False) -> list[Listener]:
+def bind_all(binds: list[str], backlog: int, reuse_port: bool = False,
+             unix_mode: int = UNIX_SOCKET_MODE) -> list[Listener]:
     """Bind every address or none: on a failure, close what was already bound."""
     listeners: list[Listener] = []
     try:
         for bind in binds:
-            listeners.append(bind_one(bind, backlog, reuse_port))
+            listeners.append(bind_one(bind, backlog, reuse_port, unix_mode))
     except BindError:
         for listener in listeners:
             listener.close()

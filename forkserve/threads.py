@@ -55,9 +55,10 @@ from forkserve.connection import Connection, State
 from forkserve.errors import WorkerExit
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse
-from forkserve.log import AccessLog, ErrorStream, log
+from forkserve.log import AccessLog, ErrorStream, RefusalLog, log
 from forkserve.parser import RequestHead
 from forkserve.response import ResponseWriter
+from forkserve.stats import StatsWriter
 from forkserve.worker import (
     DRAIN_LAST_CHANCE_S,
     TICK,
@@ -75,9 +76,10 @@ TITLE_REQUESTS = 3
 class LockedAccessLog(AccessLog):
     """The access log, one whole line at a time from any thread."""
 
-    def __init__(self, path: str | None, fmt: str) -> None:
+    def __init__(self, path: str | None, fmt: str, json_lines: bool = False,
+                 request_id_key: str | None = None) -> None:
         self.lock = threading.Lock()
-        super().__init__(path, fmt)
+        super().__init__(path, fmt, json_lines, request_id_key)
 
     def write(self, *args: Any) -> None:
         with self.lock:
@@ -86,6 +88,43 @@ class LockedAccessLog(AccessLog):
     def reopen(self) -> None:
         with self.lock:
             super().reopen()
+
+
+class LockedRefusalLog(RefusalLog):
+    """Refusals from any thread: the loop reads requests, and a pool thread reads the
+    next pipelined one after its response. The once-a-second budget is shared."""
+
+    def __init__(self, access_log: AccessLog) -> None:
+        self.lock = threading.Lock()
+        super().__init__(access_log)
+
+    def record(self, *args: Any) -> None:
+        with self.lock:
+            super().record(*args)
+
+
+class LockedStatsWriter(StatsWriter):
+    """The worker's one statistics slot, counted into from every pool thread.
+
+    A count is a read-modify-write of a shared word (and claiming a new
+    (method, status) pair moves the writer's own cursors), so two threads
+    finishing at once would lose one without the lock. The loop thread
+    writes the connection gauges, which no pool thread touches.
+    """
+
+    __slots__ = ("lock",)
+
+    def __init__(self, words: memoryview, index: int) -> None:
+        super().__init__(words, index)
+        self.lock = threading.Lock()
+
+    def request_finished(self, method: str, status: str, seconds: float) -> None:
+        with self.lock:
+            super().request_finished(method, status, seconds)
+
+    def rejected(self, status: int) -> None:
+        with self.lock:
+            super().rejected(status)
 
 
 class ThreadErrorStream(ErrorStream):
@@ -108,9 +147,9 @@ class ThreadErrorStream(ErrorStream):
 class ThreadHooks(_Hooks):
     """Around each request, on the request's own thread: its heartbeat record and hooks."""
 
-    def __init__(self, worker: Worker, slot: SlotWriter) -> None:
+    def __init__(self, worker: Worker, slot: SlotWriter, stats: StatsWriter | None) -> None:
         self.local = threading.local()
-        super().__init__(worker, slot)
+        super().__init__(worker, slot, stats)
         # Thread index -> (started, request line) while it runs a request. Each
         # thread sets only its own entry; the loop reads them for --timeout.
         self.running: list[tuple[float, bytes] | None] = []
@@ -133,8 +172,10 @@ class ThreadHooks(_Hooks):
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         index: int = self.local.index
+        entry = self.running[index]
         self.running[index] = None
         self.slot.thread_finished(index)
+        self.count(environ, writer, now - entry[0] if entry is not None else 0.0)
         if self.want_post:
             req = self.local.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
@@ -148,6 +189,8 @@ class ThreadedLoop(WorkerLoop):
     hooks_class = ThreadHooks
     access_log_class = LockedAccessLog
     error_stream_class = ThreadErrorStream
+    refusal_log_class = LockedRefusalLog
+    stats_writer_class = LockedStatsWriter
 
     def __init__(self, worker: Worker, threads: int) -> None:
         super().__init__(worker)
@@ -204,6 +247,14 @@ class ThreadedLoop(WorkerLoop):
             self.polled.discard(conn.fd)
             self.epoll.unregister(conn.fd)
         super()._place(conn)
+
+    def run(self, conn: Connection, app: Callable[..., Any]) -> None:
+        """A complete request the base loop would run now (one handed over by a busy
+        peer, WorkerLoop.take_handed_off): first in line for a thread, never run here."""
+        if conn.fd in self.polled:
+            self.polled.discard(conn.fd)
+            self.epoll.unregister(conn.fd)
+        self.ready.appendleft(conn)
 
     def dispatch(self, now: float) -> None:
         """Hand complete requests to free threads, oldest first."""
@@ -279,6 +330,8 @@ class ThreadedLoop(WorkerLoop):
                 timeout = 0.0
             elif self.aside:
                 timeout = min(TICK, max(0.0, self.recheck_at - now))
+            elif self.fd_shortage.paused:
+                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
             else:
                 timeout = TICK
             try:
@@ -289,15 +342,8 @@ class ThreadedLoop(WorkerLoop):
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
-                    state = conn.on_readable(now)
-                    if state is State.READY and self.handed_in and fd in self.handed_in:
-                        # Handed over by a busy peer, it has waited longer: first.
-                        self.handed_in.discard(fd)
-                        self.polled.discard(fd)
-                        self.epoll.unregister(fd)
-                        self.ready.appendleft(conn)
-                    else:
-                        self._place(conn)
+                    conn.on_readable(now)
+                    self._place(conn)  # complete: queued for a thread; closed: forgotten
                 elif fd == self.wake_fd:
                     self.collect(now)
                 elif fd in self.listen_socks:
@@ -305,16 +351,21 @@ class ThreadedLoop(WorkerLoop):
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
                 elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now)
+                    self.take_handed_off(now, app)
             if self.ready:
                 self.dispatch(now)
             self.update_saturation(now)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
+            if self.fd_shortage.paused and now >= self.fd_shortage.until:
+                self.fd_shortage.paused = False
+                self._listen(not self.aside)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
+                if self.stats is not None:
+                    self.count_connections()
                 if not self.aside:
                     self.balance(now)
                 self.check_timeouts(now)
@@ -354,7 +405,7 @@ class ThreadedLoop(WorkerLoop):
                      os.getpid(), text, now - entry[0], index + 1, self.cfg.timeout,
                      self.thread_stacks(now))
         self.worker.hooks.call("worker_abort", self.worker)
-        self.worker.report_leaving(f"{text} ran past --timeout {self.cfg.timeout:g}")
+        self.worker.report_leaving("timeout", f"{text} ran past --timeout {self.cfg.timeout:g}")
         self.start_draining()
 
     def thread_stacks(self, now: float) -> str:

@@ -15,6 +15,35 @@ from forkserve.errors import ConfigError
 if TYPE_CHECKING:
     import ssl
 
+_PRIVATE_KEY = b"PRIVATE KEY-----"  # BEGIN PRIVATE KEY, BEGIN RSA/EC/ENCRYPTED PRIVATE KEY
+_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it: {exc.strerror}") from None
+
+
+def _check_pem_files(certfile: str, keyfile: str | None) -> None:
+    """Name the file and what is missing, where OpenSSL would say "[SSL] PEM lib"."""
+    cert = _read(certfile, "--certfile")
+    if _CERTIFICATE not in cert:
+        raise ConfigError(f"--certfile {certfile}: no PEM certificate in it "
+                          "(-----BEGIN CERTIFICATE-----)")
+    if keyfile is None:
+        if _PRIVATE_KEY not in cert:
+            raise ConfigError(f"--certfile {certfile} has no private key in it: give the key "
+                              "file with --keyfile")
+    elif _PRIVATE_KEY not in _read(keyfile, "--keyfile"):
+        raise ConfigError(f"--keyfile {keyfile}: no PEM private key in it "
+                          "(-----BEGIN ... PRIVATE KEY-----)")
+
+
 def make_context(
     certfile: str,
     keyfile: str | None,
@@ -30,13 +59,16 @@ def make_context(
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _check_pem_files(certfile, keyfile)
     try:
         context.load_cert_chain(certfile, keyfile)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--certfile/--keyfile: {exc.filename}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"--certfile/--keyfile: cannot load the certificate and key: "
-                          f"{exc}") from None
+        reason = getattr(exc, "reason", None) or str(exc)
+        if reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"--keyfile {keyfile or certfile}: the private key does not "
+                              f"match the certificate in {certfile}") from None
+        raise ConfigError(f"--certfile/--keyfile: cannot load the certificate {certfile} and "
+                          f"key {keyfile or '(in the same file)'}: {reason}") from None
     if ca_certs:
         try:
             context.load_verify_locations(ca_certs)

@@ -4,19 +4,24 @@
 `Worker.run()` runs in the child after fork and never returns: it ends the
 process with a `WorkerExit` code.
 
-The loop is one epoll over the listening sockets, the signal wakeup pipe and
-every parked client connection. Accepting, reading request heads, idling on
-keep-alive and timing out cost no app time; a connection runs the app only
-once its request is complete (DESIGN.md §2 "Keep-alive without pinning a
-worker").
+The loop is one epoll over the listening sockets, the signal wakeup pipe, the
+handoff socket pair and every parked client connection. Accepting, reading
+request heads, idling on keep-alive and timing out cost no app time; a
+connection runs the app only once its request is complete (DESIGN.md §2
+"Keep-alive without pinning a worker"). A second thread, the handoff
+watcher, moves parked connections with a request waiting to an idle worker
+while a request runs long (forkserve.handoff); it touches them only under
+the loop's lock, which the loop releases only around the app call.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import errno
 import faulthandler
 import gc
+import logging
 import os
 import select
 import signal
@@ -34,19 +39,22 @@ import setproctitle
 
 from forkserve import loader
 from forkserve.config import Config, threads_per_worker
-from forkserve.connection import Connection, RequestHooks, State, settings_from
+from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.handoff import HANDOFF_AFTER_S, WATCH_INTERVAL_S, HandoffChannel
 from forkserve.health import with_health_path
 from forkserve.heartbeat import SlotWriter
 from forkserve.hooks import HookRequest, HookResponse, Hooks
-from forkserve.log import AccessLog, ErrorStream, log, setup_error_log
+from forkserve.log import AccessLog, ErrorStream, JsonFormatter, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
 from forkserve.process import raise_fd_limit
-from forkserve.response import ResponseWriter
+from forkserve.requestid import IdSource, environ_key, with_request_id
+from forkserve.response import REASONS, ResponseWriter, error_response
 from forkserve.signals import SignalQueue
 from forkserve.sockets import Listener
+from forkserve.stats import NO_RESPONSE, StatsTable, StatsWriter
+from forkserve.statsd import Statsd
 from forkserve.wsgi import FileWrapper
 
 WORKER_SIGNALS = (
@@ -56,6 +64,11 @@ WORKER_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGHUP,
 )
+# The master's --timeout (and --boot-timeout) signal, sent first: a Python
+# handler dumps every thread's stack with source lines, answers 500 if the
+# request in the app has sent nothing yet, and exits. If it never runs (the
+# worker is stuck in C), SIGABRT follows and faulthandler dumps from C.
+TIMEOUT_SIGNAL = signal.SIGUSR2
 TICK = 0.25  # seconds between deadline sweeps and heartbeats while idle
 TITLE_INTERVAL = 1.0  # seconds between process title updates (setproctitle is a syscall)
 # Connections taken per wake-up at most. Only the first with a complete
@@ -78,6 +91,13 @@ BALANCE_MAX_ASIDE_S = 0.2
 # (docs/signals.md "What happens to connections on a stop").
 DRAIN_LAST_CHANCE_S = 0.5
 HANDOFF_TAKE = 16  # connections taken from busy peers per wake-up at most
+# Out of descriptors in accept (EMFILE/ENFILE): the listener stays readable,
+# so retrying at once is a busy loop (measured: two workers wrote 93,000
+# lines in 3 s under a 64-descriptor limit). The worker leaves the accept
+# queue for a pause that doubles up to the maximum while the failures go on,
+# and reports at most once a second.
+ACCEPT_PAUSE_FIRST = 0.05
+ACCEPT_PAUSE_MAX = 1.0
 
 
 class WorkerState(enum.Enum):
@@ -113,15 +133,24 @@ class Worker:
     retire_reason: str = ""
     boot_failure: str = ""  # set by the master when it gave up waiting for the boot
     kill_at: float = 0.0  # master: SIGKILL at this monotonic time (0 = no deadline)
+    dump_at: float = 0.0  # master: SIGABRT (faulthandler's dump) at this time (0 = none)
     max_requests: int = 0  # --max-requests plus this worker's jitter (0 = no limit)
     retire_at: float = 0.0  # --max-worker-lifetime plus jitter, monotonic (0 = never)
     boot_error_fd: int = -1  # where a worker that cannot boot says why (one line)
     # Where a worker that leaves by itself (--max-requests, --max-worker-memory)
-    # tells the master, which starts its replacement at once (arbiter.Notices).
+    # tells the master, which starts its replacement at once (Arbiter.collect_notices).
     notice_fd: int = -1
     # Moves parked connections with a request waiting away from a worker busy
     # in a slow request (forkserve.handoff); None = off (TLS).
     handoff: HandoffChannel | None = None
+    stats: StatsTable | None = None  # --metrics-bind: the worker counts into its slot
+    statsd: Statsd | None = None  # --statsd-host: the master's socket, inherited
+    # --log-format json: an unlinked file the master opens before fork, where
+    # faulthandler writes a dump; the master logs what is left in it at reap.
+    dump_fd: int = -1
+    # Set by the master: why it replaces this worker, as forkserve_worker_restarts_total
+    # labels it (timeout, max_requests, max_memory, max_lifetime, reload).
+    restart_reason: str = ""
     log = log  # gunicorn's hooks call worker.log.info(...)
 
     @property
@@ -149,6 +178,13 @@ class Worker:
             code = WorkerExit.APP_LOAD_ERROR
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+            if loop is not None and loop.booted and code != WorkerExit.OK:
+                # The boot codes tell the master to give up on the pool: only a
+                # worker that never served may use them. A sys.exit() after boot
+                # (a hook, a thread's excepthook) is a crash, respawned as one.
+                log.critical("worker exited with status %s after booting:\n%s",
+                             exc.code, traceback.format_exc())
+                code = WorkerExit.CRASHED
         except BaseException as exc:
             if loop is not None and loop.booted:
                 log.critical("worker crashed:\n%s", traceback.format_exc())
@@ -170,11 +206,15 @@ class Worker:
                 pass
         os._exit(int(code))
 
-    def report_leaving(self, reason: str) -> None:
-        """Tell the master, in one atomic pipe write, that this worker is leaving and why."""
+    def report_leaving(self, why: str, reason: str) -> None:
+        """Tell the master, in one atomic pipe write, that this worker is leaving and why.
+
+        `why` is the restart reason's label (max_requests, max_memory) that
+        forkserve_worker_restarts_total counts; `reason` the same for people.
+        """
         if self.notice_fd < 0:
             return
-        line = f"{os.getpid()} {reason}".encode("utf-8", "replace")[:400] + b"\n"
+        line = f"{os.getpid()} {why} {reason}".encode("utf-8", "replace")[:400] + b"\n"
         try:
             os.write(self.notice_fd, line)
         except OSError:
@@ -185,25 +225,34 @@ class Worker:
         if self.boot_error_fd < 0:
             log.error("%s", message)
             return
-        line = f"{os.getpid()} {message}".encode("utf-8", "replace")[:4000] + b"\n"
+        # One line per worker on the pipe: a message's own line breaks (the
+        # traceback of an app that failed to import) travel as RS characters.
+        text = f"{os.getpid()} {message}".replace("\n", BOOT_ERROR_LINE_BREAK)
+        line = text.encode("utf-8", "replace")[:4000] + b"\n"
         try:
             os.write(self.boot_error_fd, line)
         except OSError:
             log.error("%s", message)
 
 
-class _Hooks(RequestHooks):
-    """Around each request: heartbeat bookkeeping, then the user's post_request hook."""
+BOOT_ERROR_LINE_BREAK = "\x1e"  # ASCII record separator: never in a message
 
-    def __init__(self, worker: Worker, slot: SlotWriter) -> None:
+
+class _Hooks(RequestHooks):
+    """Around each request: heartbeat, statistics, then the user's post_request hook."""
+
+    def __init__(self, worker: Worker, slot: SlotWriter, stats: StatsWriter | None) -> None:
         self.worker = worker
         self.slot = slot
+        self.stats = stats
+        self.statsd = worker.statsd
         self.hooks = worker.hooks
         self.want_post = "post_request" in worker.hooks
         self.req: HookRequest | None = None
         # When the request in progress started (monotonic; 0 = none): the
         # handoff watcher thread reads it.
         self.busy_since = 0.0
+        self.started_at = 0.0
 
     def started(self, request: RequestHead, environ: dict[str, Any], peer: bytes,
                 now: float) -> None:
@@ -211,13 +260,23 @@ class _Hooks(RequestHooks):
         text = b"%s %s from %s" % (request.method, request.target[:160], peer)
         self.slot.request_started(now, text)
         self.req = None
+        self.started_at = now
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         self.slot.request_finished(now)
+        self.count(environ, writer, now - self.started_at)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
             self.hooks.call("post_request", self.worker, req, environ, resp)
+
+    def count(self, environ: dict[str, Any], writer: ResponseWriter, seconds: float) -> None:
+        """--metrics-bind and --statsd-host: one answered request and its duration."""
+        if self.stats is not None:
+            self.stats.request_finished(environ["REQUEST_METHOD"], writer.status, seconds)
+        if self.statsd is not None:
+            status = writer.status[:3]
+            self.statsd.request(int(status) if status.isdigit() else NO_RESPONSE, seconds)
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """Run pre_request inside the app call, so its exception is that request's 500."""
@@ -254,6 +313,8 @@ class WorkerLoop:
     hooks_class: type[_Hooks] = _Hooks
     access_log_class: type[AccessLog] = AccessLog
     error_stream_class: type[ErrorStream] = ErrorStream
+    refusal_log_class: type[RefusalLog] = RefusalLog
+    stats_writer_class: type[StatsWriter] = StatsWriter
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -265,7 +326,9 @@ class WorkerLoop:
         # since is delivered now, to the queue above.
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.hooks = self.hooks_class(worker, self.slot)
+        self.stats = (self.stats_writer_class(worker.stats.words, worker.slot)
+                      if worker.stats is not None else None)
+        self.hooks = self.hooks_class(worker, self.slot, self.stats)
         self.name = cfg.proc_name or cfg.app
         self.title_requests = -1
         self.title_at = 0.0
@@ -274,9 +337,14 @@ class WorkerLoop:
         self.draining = False
         self.drain_deadline = 0.0
         self.conns: dict[int, Connection] = {}
+        self.current: Connection | None = None  # the one running the app, for _abort
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
-        self.access_log = self.access_log_class(cfg.access_logfile, cfg.access_logformat)
+        self.request_id_key = environ_key(cfg.request_id_header) if cfg.request_id else None
+        self.access_log = self.access_log_class(cfg.access_logfile, cfg.access_logformat,
+                                                cfg.log_format == "json", self.request_id_key)
+        self.refusals = self.refusal_log_class(self.access_log)
+        self.settings.on_refused = self.report_refusal
         self.errors = self.error_stream_class()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
@@ -285,9 +353,6 @@ class WorkerLoop:
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
         self.lock = threading.Lock()
-        # Connections taken from busy peers and parked unread: served ahead of
-        # this worker's own once their request is read (they waited longer).
-        self.handed_in: set[int] = set()
         self.running_fd = -1  # the connection in the app, which the watcher never moves
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
@@ -303,6 +368,12 @@ class WorkerLoop:
         self.aside_since = 0.0
         self.newly_kept = False  # a connection was kept alive since balance() last looked
         self.saturated_since = 0.0  # threaded: every thread busy since (0.0 = not; sync: never)
+        self.fd_shortage = AcceptBackoff()  # out of the accept queue while short of descriptors
+        self.listening = False  # the listeners are in the epoll set
+        # A descriptor kept in reserve: when accept fails for want of one, it
+        # is closed so that one waiting client can be told why (503), then
+        # taken again (the "reserve descriptor" trick of nginx and libuv users).
+        self.spare_fd = -1
         self.recheck_at = 0.0  # while aside: when to look at the others' loads again
         # Connections that stay open across requests: kept open after a
         # response, or whose first request asks for keep-alive. Only these
@@ -331,6 +402,8 @@ class WorkerLoop:
             app = loader.load_app(self.cfg.app)
         app = self.hooks.wrap(app)
         app = with_health_path(app, self.cfg.health_path, lambda: self.draining)
+        if self.cfg.request_id:  # outermost: hooks, app, response and access log share it
+            app = with_request_id(app, self.cfg.request_id_header, IdSource())
         for listener in self.worker.listeners:
             sock = listener.sock
             sock.setblocking(False)
@@ -340,7 +413,8 @@ class WorkerLoop:
             base = self._facts(listener).base_environ(self.errors, FileWrapper)
             self.listen_socks[sock.fileno()] = (sock, base)
             self.bases.append(base)
-            self.epoll.register(sock.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
+        self._listen(True)
+        self.spare_fd = _open_spare()
         self.epoll.register(self.signals.read_fd, select.EPOLLIN)
         if self.handoff is not None:
             self.epoll.register(self.handoff.fileno(), select.EPOLLIN | EPOLLEXCLUSIVE)
@@ -354,32 +428,86 @@ class WorkerLoop:
         return app
 
     def install_abort_handler(self) -> None:
-        """SIGABRT (the master's --timeout, or an operator): dump every thread's stack, exit.
+        """TIMEOUT_SIGNAL, then SIGABRT: dump every thread's stack, answer if possible, exit.
 
-        faulthandler writes the stacks from C, straight to the error log's fd, so
-        it works even when the app is stuck where no Python signal handler would
-        run (a long C call that never returns to the interpreter). It then restores
-        and re-raises to the handler installed before it, our Python one, which
-        runs the worker_abort hook and exits. (`enable()` also dumps on SIGSEGV,
-        SIGBUS, SIGFPE and SIGILL: a crashing C extension leaves a trace too.)
+        The master's timeout sends TIMEOUT_SIGNAL first. Its handler is Python:
+        it runs in the main thread as soon as the interpreter gets control back
+        (a `time.sleep`, a socket wait and any Python code do), so it can print
+        the stacks as a Python traceback with source lines and still answer the
+        client. Code stuck in C never gives control back: for that the master
+        sends SIGABRT a moment later, and faulthandler writes the stacks from C,
+        straight to the error log's fd, then re-raises to our Python handler
+        (which runs if the C call ever returns). An operator's SIGABRT takes
+        that second path. (`enable()` also dumps on SIGSEGV, SIGBUS, SIGFPE and
+        SIGILL: a crashing C extension leaves a trace too.)
         """
+        signal.signal(TIMEOUT_SIGNAL, self._on_timeout)
         signal.signal(signal.SIGABRT, self._on_abort)  # first: faulthandler chains to it
-        faulthandler.enable(file=_error_log_fd(), all_threads=True)
+        faulthandler.enable(file=self._dump_fd(), all_threads=True)
+
+    def _dump_fd(self) -> int:
+        """Where faulthandler writes: the error log, or with JSON logs a file read back.
+
+        With --log-format json a dump of many lines would break the one-object-
+        per-line log, so it goes to the unlinked file the master opened for this
+        worker (`Worker.dump_fd`). `_on_abort` logs it as one record with the
+        stack in a field and empties the file; when no Python code runs after
+        the dump (stuck in C until SIGKILL, a SIGSEGV), the master finds it
+        there when it reaps the worker and logs the record itself.
+        """
+        if self.cfg.log_format != "json":
+            return _error_log_fd()
+        if self.worker.dump_fd < 0:  # a worker not forked by an Arbiter
+            self.worker.dump_fd = open_dump_file()
+        return self.worker.dump_fd
+
+    def _on_timeout(self, signum: int, frame: FrameType | None) -> None:
+        # Written with os.write, not the logger: the main thread may have been
+        # interrupted inside a logging call, holding the handler's lock.
+        stacks = python_stacks(frame)
+        if self.cfg.log_format == "json":
+            _write_stack_record(stacks.rstrip())  # one record, as the SIGABRT dump
+        else:
+            _write_error_log(stacks)
+        self._abort()
 
     def _on_abort(self, signum: int, frame: FrameType | None) -> None:
-        # A Python-level handler: it runs in the main thread between bytecodes,
-        # after faulthandler's dump. That dump names threads by id only: add names.
+        # Runs after faulthandler's dump, which names threads by id only: add names.
         names = ", ".join(f"0x{t.ident:016x} = {t.name}" for t in threading.enumerate()
                           if t.ident is not None)
-        try:
-            os.write(_error_log_fd(), f"Thread names: {names}\n".encode("utf-8", "replace"))
-        except OSError:
-            pass
+        if self.cfg.log_format == "json" and self.worker.dump_fd >= 0:
+            fd = self.worker.dump_fd
+            _write_stack_record(f"{read_dump(fd).rstrip()}\nThread names: {names}")
+            try:
+                os.ftruncate(fd, 0)  # logged: the master must not log it again
+            except OSError:
+                pass
+        else:
+            _write_error_log(f"Thread names: {names}\n")
+        self._abort()
+
+    def _abort(self) -> None:
+        """End the worker from a signal handler: answer the request in flight, then exit."""
+        conn = self.current
+        if conn is not None:
+            conn.answer_timeout()  # 500 if nothing of its response went out, else a close
         self.worker.hooks.call("worker_abort", self.worker)
         try:
             sys.stderr.flush()
         finally:
             os._exit(WorkerExit.ABORTED)
+
+    def report_refusal(self, refusal: Refusal) -> None:
+        """A request refused before the app: counted (--metrics-bind), then logged.
+
+        The one `on_refused` callback of the worker's connections: the access
+        log and a rate-limited reason (RefusalLog), and the rejected-requests
+        counter of the worker's statistics slot.
+        """
+        if self.stats is not None:
+            self.stats.rejected(refusal.status)
+        self.refusals.record(refusal.status, REASONS.get(refusal.status, "Error"),
+                             refusal.detail, refusal.peer, refusal.request_line, refusal.sent)
 
     def _facts(self, listener: Listener) -> ServerFacts:
         if listener.is_unix:
@@ -405,6 +533,8 @@ class WorkerLoop:
                 timeout = 0.0
             elif self.aside:
                 timeout = min(TICK, max(0.0, self.recheck_at - now))
+            elif self.fd_shortage.paused:
+                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
             else:
                 timeout = TICK
             try:
@@ -415,17 +545,13 @@ class WorkerLoop:
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
-                    if conn.state is State.READY:
-                        continue  # already queued; its bytes wait in the kernel
+                    # Read just before it runs, not all up front: while one
+                    # request runs, the others of this batch stay unread in
+                    # the kernel, and the watcher can still hand them to an
+                    # idle peer if that request is slow.
                     state = conn.on_readable(now)
                     if state is State.READY:
-                        # Queued, not run at once: one handed over by a busy
-                        # peer has waited longer and goes first.
-                        if self.handed_in and fd in self.handed_in:
-                            self.handed_in.discard(fd)
-                            self.ready.appendleft(conn)
-                        else:
-                            self.ready.append(conn)
+                        self.run(conn, app)
                     elif state is State.CLOSED:
                         self._forget(conn)
                 elif fd in self.listen_socks:
@@ -433,17 +559,22 @@ class WorkerLoop:
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
                 elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now)
+                    self.take_handed_off(now, app)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
                     self.run(conn, app)
             if self.aside and now >= self.recheck_at:
                 self.balance(now)
+            if self.fd_shortage.paused and now >= self.fd_shortage.until:
+                self.fd_shortage.paused = False
+                self._listen(not self.aside)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.slot.beat(now)
                 self.sweep(now)
+                if self.stats is not None:
+                    self.count_connections()
                 # Loads change as the others' clients come and go. While aside,
                 # the recheck above already looks every BALANCE_RECHECK_S.
                 if not self.aside:
@@ -463,6 +594,18 @@ class WorkerLoop:
             conn.close()
         return WorkerExit.OK
 
+    def count_connections(self) -> None:
+        """--metrics-bind: publish how many connections idle and how many are arriving."""
+        idle = reading = 0
+        for conn in self.parked():  # (threaded: those on a thread are in progress, not here)
+            if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf
+                                            and conn.requests):
+                idle += 1
+            elif conn.state in (State.HEAD, State.BODY, State.READY):
+                reading += 1  # (CLOSING: answered with an error, lingering to close)
+        assert self.stats is not None
+        self.stats.connections(idle, reading)
+
     def update_title(self, now: float) -> None:
         """Show the request count in the process title, at most once per TITLE_INTERVAL."""
         requests = self.slot.requests
@@ -476,6 +619,7 @@ class WorkerLoop:
         # this one (it turns IDLE at the end of its response, before the
         # lock is back).
         self.running_fd = conn.fd
+        self.current = conn  # for the timeout handler (answer_timeout)
         self.lock.release()
         try:
             conn.run(app, self.access_log, self.hooks)
@@ -483,6 +627,7 @@ class WorkerLoop:
             self.lock.acquire()
             self.hooks.busy_since = 0.0
             self.running_fd = -1
+            self.current = None
         self.after_request(conn)
 
     def after_request(self, conn: Connection) -> None:
@@ -493,29 +638,34 @@ class WorkerLoop:
         # accepts, and a new socket may reuse a closed one's fd number.
         self._place(conn)
         if not self.draining and (self.max_requests or self.statm_fd >= 0):
-            reason = self.recycle_reason()
+            why, reason = self.recycle_reason()
             if reason:
-                self.leave(reason)
+                self.leave(why, reason)
 
-    def recycle_reason(self) -> str:
-        """Why this worker should be replaced now ("" = it serves on); after each request."""
+    def recycle_reason(self) -> tuple[str, str]:
+        """Why to replace this worker now: (restart label, text); ("", "") = it serves on.
+
+        Checked after each request.
+        """
         served = self.slot.requests
         if self.max_requests and served >= self.max_requests:
-            return f"served {served} requests (--max-requests {self.max_requests})"
+            return "max_requests", (f"served {served} requests "
+                                    f"(--max-requests {self.max_requests})")
         if self.statm_fd >= 0:
             # One pread of a few bytes from an fd opened at boot: ~2 µs.
             try:
                 resident = int(os.pread(self.statm_fd, 128, 0).split()[1])
             except (OSError, ValueError, IndexError):
-                return ""
+                return "", ""
             if resident > self.max_rss_pages:
                 mib = resident * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-                return f"uses {mib:.0f} MiB (--max-worker-memory {self.cfg.max_worker_memory})"
-        return ""
+                return "max_memory", (f"uses {mib:.1f} MiB "
+                                      f"(--max-worker-memory {self.cfg.max_worker_memory})")
+        return "", ""
 
-    def leave(self, reason: str) -> None:
+    def leave(self, why: str, reason: str) -> None:
         """Recycle: take no new request, tell the master (it starts a replacement), drain."""
-        self.worker.report_leaving(reason)
+        self.worker.report_leaving(why, reason)
         self.start_draining()
 
     def keep(self, conn: Connection) -> None:
@@ -552,8 +702,12 @@ class WorkerLoop:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._short_of_descriptors(listener, now, exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 break
+            self.fd_shortage.succeeded()
             sock.setblocking(False)
             peer: tuple[str, int] | None = None
             if sock.family != socket.AF_UNIX:
@@ -649,15 +803,40 @@ class WorkerLoop:
             self.aside_since = now
             log.debug("Worker %d steps out of the accept queue: %d kept-alive connections, "
                       "a serving peer has %s", os.getpid(), kept, fewest)
-            for fd in self.listen_socks:
-                self.epoll.unregister(fd)
         elif self.aside and not ahead:
-            # Back at the tail of the queue, behind the workers that stayed.
             log.debug("Worker %d is back in the accept queue", os.getpid())
-            for fd in self.listen_socks:
-                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+        # Back in: at the tail of the queue, behind the workers that stayed
+        # (not while short of descriptors: AcceptBackoff ends that pause).
+        self._listen(not ahead and not self.fd_shortage.paused)
         self.aside = ahead
         self.recheck_at = now + BALANCE_RECHECK_S
+
+    def _listen(self, want: bool) -> None:
+        """Put the listeners in the epoll set (join the accept queue) or take them out."""
+        if want == self.listening:
+            return
+        for fd in self.listen_socks:
+            if want:
+                self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.epoll.unregister(fd)
+        self.listening = want
+
+    def _short_of_descriptors(self, listener: socket.socket, now: float,
+                              exc: OSError) -> None:
+        """accept() failed with EMFILE/ENFILE: tell one client why, then pause accepting.
+
+        The connections waiting in the backlog stay there (or go to a worker
+        that has descriptors) until this worker frees some: nothing is lost
+        by waiting, and the pause ends by itself.
+        """
+        if self.spare_fd >= 0:
+            os.close(self.spare_fd)
+            self.spare_fd = -1
+            _refuse_one(listener)
+            self.spare_fd = _open_spare()
+        self.fd_shortage.failed(now, exc, len(self.conns))
+        self._listen(False)
 
     # -- moving parked connections away from a slow request ---------------------
     def watch(self) -> None:
@@ -700,7 +879,6 @@ class WorkerLoop:
             fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
             if index < 0 or not self.handoff.send(fd, index, conn.peer, fresh):
                 continue
-            self.handed_in.discard(fd)
             log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
             self.polled.discard(fd)
             try:
@@ -713,14 +891,15 @@ class WorkerLoop:
                 self.peers.publish(len(self.kept))
             conn.close()  # our copy only: the one in flight keeps the connection open
 
-    def take_handed_off(self, now: float) -> None:
+    def take_handed_off(self, now: float, app: Callable[..., Any]) -> None:
         """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
 
-        They go to the front of the ready queue: each has already waited at
-        least HANDOFF_AFTER_S behind a slow request, so a client of this
-        worker that sent its request just now does not pass them. Taking all
-        that wait (not one) matters when every worker was busy: otherwise
-        the queue would drain one connection per slow request.
+        The first runs at once, in the order its wake-up came (epoll reports
+        the pair before requests that arrived after it): it has already waited
+        at least HANDOFF_AFTER_S behind a slow request. The others are parked
+        unread, so that they can move on again if this worker turns out busy
+        too. Taking all that wait (not one) matters when every worker was
+        busy: otherwise the queue would drain one connection per slow request.
         """
         assert self.handoff is not None
         have_ready = False
@@ -742,12 +921,14 @@ class WorkerLoop:
                 self.keep(conn)
             if have_ready:
                 # As in accept: one runs next, the rest wait unread, movable again.
-                self.handed_in.add(conn.fd)
                 self._place(conn)
                 continue
-            if conn.on_readable(now) is State.READY:
+            state = conn.on_readable(now)
+            if state is State.READY:
                 have_ready = True
-                self.ready.appendleft(conn)
+                self.run(conn, app)
+            elif state is State.CLOSED:
+                self._forget(conn)
             else:
                 self._place(conn)
 
@@ -775,7 +956,6 @@ class WorkerLoop:
             self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
-        self.handed_in.discard(conn.fd)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)
@@ -797,9 +977,9 @@ class WorkerLoop:
                 self.worker.hooks.call("worker_int", self.worker)
                 self.alive = False
             elif sig == signal.SIGUSR1:
-                setup_error_log(self.cfg.error_logfile, self.cfg.log_level)
+                setup_error_log(self.cfg.error_logfile, self.cfg.log_level, self.cfg.log_format)
                 self.access_log.reopen()
-                faulthandler.enable(file=_error_log_fd(), all_threads=True)
+                faulthandler.enable(file=self._dump_fd(), all_threads=True)
 
     def start_draining(self) -> None:
         """Graceful stop: serve what was already accepted, close idle connections, exit."""
@@ -818,9 +998,9 @@ class WorkerLoop:
         # socket stays open in the other workers, which serve what arrives later.
         for fd in list(self.listen_socks):
             self.accept(fd, now, batch=max(0, self.cfg.worker_connections - len(self.conns)))
-            if not self.aside:
-                self.epoll.unregister(fd)
-            self.listen_socks[fd][0].close()
+        self._listen(False)
+        for sock, _base in self.listen_socks.values():
+            sock.close()
         self.listen_socks.clear()
         self.aside = False
         # Nothing that has arrived is dropped. An idle keep-alive connection
@@ -839,6 +1019,89 @@ class WorkerLoop:
                 self._place(conn)
 
 
+class AcceptBackoff:
+    """Pausing accept() while the process is out of descriptors (worker, post-fork)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.until = 0.0  # monotonic end of the current pause
+        self.pause = 0.0  # length of the last pause: doubles while failures go on
+        self.reported_at = 0.0
+        self.unreported = 0  # failures since the last log line
+
+    def failed(self, now: float, exc: OSError, open_conns: int) -> None:
+        self.pause = min(ACCEPT_PAUSE_MAX, self.pause * 2 or ACCEPT_PAUSE_FIRST)
+        self.paused, self.until = True, now + self.pause
+        self.unreported += 1
+        if now - self.reported_at >= 1.0:
+            log.warning(
+                "accept failed: %s (%d times since the last report; %d connections open); "
+                "not accepting for %.2fs (raise the descriptor limit, `ulimit -n`, or lower "
+                "--worker-connections)", exc.strerror or exc, self.unreported, open_conns,
+                self.pause)
+            self.reported_at, self.unreported = now, 0
+
+    def succeeded(self) -> None:
+        self.pause = 0.0
+
+
+def _open_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # none to spare now: taken again at the next shortage
+
+
+def _refuse_one(listener: socket.socket) -> None:
+    """Accept one waiting connection with the spare descriptor, answer 503, close it."""
+    try:
+        sock, _addr = listener.accept()
+    except OSError:
+        return
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)  # what already came: closing with it unread would send RST
+        except OSError:
+            pass
+        sock.send(error_response(503, body=OUT_OF_DESCRIPTORS))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+OUT_OF_DESCRIPTORS = b"503 Service Unavailable\nThe server is out of file descriptors; retry.\n"
+
+
+def python_stacks(interrupted: FrameType | None) -> str:
+    """Every thread's Python stack, with source lines, as `traceback` prints them.
+
+    `interrupted` is the main thread's frame where the signal arrived: the
+    handler's own frames above it are left out.
+    """
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    out = ["Python stacks of the worker's threads (most recent call last):\n"]
+    for ident, frame in sys._current_frames().items():
+        if ident == main and interrupted is not None:
+            frame = interrupted
+        out.append(f"\nThread {names.get(ident, '?')} (0x{ident:016x}):\n")
+        out.extend(traceback.format_stack(frame))
+    return "".join(out)
+
+
+def _write_error_log(text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    fd = _error_log_fd()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
 def _error_log_fd() -> int:
     """The fd the error log writes to (stderr unless --error-logfile), for faulthandler."""
     for handler in log.handlers:
@@ -850,3 +1113,34 @@ def _error_log_fd() -> int:
             except (AttributeError, OSError, ValueError):
                 continue
     return sys.stderr.fileno()
+
+
+def open_dump_file() -> int:
+    """An unlinked temporary file for faulthandler's dump (--log-format json)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="forkserve-dump-")
+    os.unlink(path)
+    return fd
+
+
+def read_dump(dump_fd: int) -> str:
+    """What faulthandler wrote to the --log-format json dump file."""
+    try:
+        size = os.fstat(dump_fd).st_size
+        return os.pread(dump_fd, size, 0).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _write_stack_record(stack: str) -> None:
+    """--log-format json: a worker's thread stacks as one error-log record.
+
+    Runs in a signal handler (TIMEOUT_SIGNAL or SIGABRT): the record is
+    formatted here and written with os.write, never through a logging
+    handler, whose lock the interrupted code may hold.
+    """
+    record = logging.LogRecord(log.name, logging.CRITICAL, __file__, 0,
+                               "Worker %d: the stacks of its threads", (os.getpid(),), None)
+    record.stack = stack
+    _write_error_log(JsonFormatter().format(record) + "\n")

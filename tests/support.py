@@ -51,6 +51,7 @@ class Server:
         wait_workers: int | None = None,
         command: Sequence[str] | None = None,
         http: str | None = None,
+        stdout: int | None = None,
     ) -> None:
         self.app = app
         self.args = list(args)
@@ -76,6 +77,9 @@ class Server:
             self.env.update(env)
         self.wait_workers = wait_workers
         self.command = list(command) if command else [sys.executable, "-m", "forkserve"]
+        # Where the server's stdout goes (an fd, e.g. a pipe's write end); stderr
+        # always goes to the log file. Default: stdout goes to the log file too.
+        self.stdout = stdout
         self._logfile = tempfile.NamedTemporaryFile(prefix="forkserve-test-", suffix=".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.urls: list[str] = []
@@ -90,8 +94,8 @@ class Server:
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=self._logfile,
-            stderr=subprocess.STDOUT,
+            stdout=self._logfile if self.stdout is None else self.stdout,
+            stderr=subprocess.STDOUT if self.stdout is None else self._logfile,
             start_new_session=True,
         )
         if expect_ready:

@@ -26,6 +26,13 @@ def stuck_in_the_app(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _stream_then_stuck(start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first chunk"
+    stuck_in_the_app(3600)
+    yield b"never"
+
+
 def _background_thread() -> None:
     while True:
         time.sleep(60)
@@ -39,6 +46,8 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
     elif path == "/stuck":
         threading.Thread(target=_background_thread, name="helper-thread", daemon=True).start()
         stuck_in_the_app(float(query or 3600))
+    elif path == "/stream-then-stuck":
+        return _stream_then_stuck(start_response)
     elif path == "/grow":
         BALLAST.append(b"x" * (int(query or 1) * 1024 * 1024))
     elif path == "/busy-in-c":

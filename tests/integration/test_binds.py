@@ -43,10 +43,20 @@ def test_several_binds_ipv4_ipv6_unix_at_once(tmp_path: Path) -> None:
             assert get_json(("::1", port6))["remote_addr"] == "::1"
 
 
-@pytest.mark.parametrize(("umask", "mode"), [("007", 0o770), ("077", 0o700), ("0", 0o777)])
-def test_unix_socket_mode_follows_umask(tmp_path: Path, umask: str, mode: int) -> None:
+@pytest.mark.parametrize(("args", "inherited_umask", "mode"), [
+    (["--umask", "007"], "022", 0o660),  # an explicit --umask narrows --unix-socket-mode
+    (["--umask", "077"], "022", 0o600),
+    (["--umask", "0"], "022", 0o666),
+    ([], "077", 0o666),  # the umask forkserve merely inherits does not apply
+    (["--unix-socket-mode", "600"], "000", 0o600),
+    (["--unix-socket-mode", "0o660", "--umask", "027"], "000", 0o640),
+])
+def test_unix_socket_mode(tmp_path: Path, args: list[str], inherited_umask: str,
+                          mode: int) -> None:
     sock_path = tmp_path / "app.sock"
-    with serve("deploy_apps:app", "--umask", umask, bind=[f"unix:{sock_path}"]):
+    shell = ["sh", "-c", f'umask {inherited_umask} && exec "$0" -m forkserve "$@"',
+             sys.executable]
+    with serve("deploy_apps:app", *args, bind=[f"unix:{sock_path}"], command=shell):
         assert stat.S_IMODE(os.stat(sock_path).st_mode) == mode
 
 

@@ -178,6 +178,64 @@ def test_dockerfile_has_what_production_needs() -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
 
 
+def test_dockerfile_builds_from_the_checkout_as_it_stands(tmp_path: Path) -> None:
+    """What `docker build -f contrib/docker/Dockerfile .` in a checkout does, without
+    docker: every COPY source exists, and the install step's wheel (built from the
+    copied files alone, as in the image) installs a working `forkserve`."""
+    steps = dockerfile(CONTRIB / "docker" / "Dockerfile")
+    copies = [shlex.split(rest) for instruction, rest in steps if instruction == "COPY"]
+    assert copies
+    staged = tmp_path / "image"
+    for *sources, dest in copies:
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: not in the checkout"
+        if dest.startswith("/tmp/forkserve"):
+            for source in sources:
+                target = staged / dest.removeprefix("/tmp/forkserve").lstrip("/")
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns(
+                        "__pycache__"))
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(REPO / source, target)
+    installs = [rest for instruction, rest in steps if instruction == "RUN"
+                and rest.startswith("pip install /tmp/forkserve")]
+    assert installs, "the image installs forkserve from the copied checkout"
+    # pip builds the wheel from exactly those files: offline with the setuptools
+    # installed here when it is new enough, else in pip's isolated build env.
+    offline = ["--no-build-isolation"] if _setuptools_at_least(68) else []
+    wheel = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"),
+         *offline, str(staged)],
+        capture_output=True, text=True, timeout=240)
+    assert wheel.returncode == 0, wheel.stderr
+    (built,) = (tmp_path / "w").glob("forkserve-*.whl")
+    target = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--target", str(target), str(built)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    # The CMD's app and the entry point work from the installed wheel alone.
+    run = subprocess.run(
+        [sys.executable, "-c", "import forkserve, forkserve.demo, forkserve.cli; "
+         "print(forkserve.__file__)"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith(str(target)), run.stderr
+    entry_points = next(target.glob("forkserve-*.dist-info")) / "entry_points.txt"
+    assert "forkserve = forkserve.cli:main" in entry_points.read_text()
+    cmd = json.loads(dict(steps)["CMD"])
+    assert cmd == ["forkserve.demo:app"]
+
+
+def _setuptools_at_least(major: int) -> bool:
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    return int(setuptools.__version__.split(".")[0]) >= major
+
+
 def test_dockerignore_keeps_secrets_and_junk_out() -> None:
     ignored = {line.strip() for line in (CONTRIB / "docker" / ".dockerignore").read_text()
                .splitlines() if line.strip() and not line.startswith("#")}

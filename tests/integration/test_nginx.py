@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import ssl
+import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,15 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 class Stack:
     """forkserve (unix socket + TCP) behind nginx (plain HTTP to each, and TLS)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, nginx_user: str | None = None,
+                 forkserve_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.sock = tmp / "fs.sock"
         self.unix_port, self.tcp_port, self.tls_port = free_port(), free_port(), free_port()
+        # nginx's workers run as this user (root can only run them as someone).
+        self.nginx_user = nginx_user or ("root" if os.getuid() == 0 else None)
         self.forkserve = Server("deploy_apps:app", "--workers", "2", "--keep-alive", "30",
-                                "--health-path", "/healthz",
+                                "--health-path", "/healthz", *forkserve_args,
                                 bind=["127.0.0.1:0", f"unix:{self.sock}"])
         self.nginx: subprocess.Popen[bytes] | None = None
 
@@ -74,12 +79,15 @@ class Stack:
                           f"    listen 127.0.0.1:{self.tls_port} ssl;\n"
                           f"    ssl_certificate {cert};\n    ssl_certificate_key {key};",
             "listen 8080;": f"listen 127.0.0.1:{self.tcp_port};",
+            "alias /srv/myapp/static/;": f"alias {self.tmp}/static/;",
         }
+        (self.tmp / "static").mkdir(exist_ok=True)
+        (self.tmp / "static" / "app.css").write_text("body { margin: 0 }\n")
         for old, new in replacements.items():
             assert old in conf, old
             conf = conf.replace(old, new)
         (self.tmp / "forkserve.conf").write_text(conf)
-        user = "user root;" if os.getuid() == 0 else ""
+        user = f"user {self.nginx_user};" if self.nginx_user else ""
         (self.tmp / "nginx.conf").write_text(f"""
 daemon off;
 {user}
@@ -181,6 +189,51 @@ def test_nginx_reuses_upstream_connections(stack: Stack) -> None:
     # Without upstream keep-alive every request would come on a new connection
     # (30 source ports); with it, nginx's one worker keeps reusing one or two.
     assert len(ports) <= 3, ports
+
+
+def test_a_clients_forwarded_ssl_and_forwarded_headers_are_dropped_by_nginx(
+        stack: Stack) -> None:
+    # Passed through, they would contradict nginx's X-Forwarded-Proto: forkserve
+    # refuses a trusted proxy's conflicting headers with 400.
+    for headers in ({"X-Forwarded-Ssl": "on"}, {"Forwarded": "proto=https;for=192.0.2.1"}):
+        seen = get_json(("127.0.0.1", stack.unix_port), source="127.0.0.2", headers=headers)
+        assert (seen["scheme"], seen["remote_addr"]) == ("http", "127.0.0.2")
+        seen = get_json(("127.0.0.1", stack.tcp_port), source="127.0.0.2", headers=headers)
+        assert (seen["scheme"], seen["remote_addr"]) == ("http", "127.0.0.2")
+
+
+def test_static_files_are_served_by_nginx_not_the_app(stack: Stack) -> None:
+    status, body, _ = get(("127.0.0.1", stack.unix_port), "/static/app.css")
+    assert (status, body) == (200, b"body { margin: 0 }\n")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: forkserve started as root, "
+                    "nginx's workers as www-data")
+def test_unix_socket_reachable_by_nginx_workers_running_as_www_data() -> None:
+    """As on Debian: forkserve started by root with umask 022 (srwxr-xr-x before
+    --unix-socket-mode), nginx's workers as www-data, following docs/deploy.md."""
+    import pwd
+
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data user")
+    tmp = Path(tempfile.mkdtemp(prefix="forkserve-nginx-"))
+    tmp.chmod(0o755)  # the proxy must be able to reach the socket's directory
+    old_umask = os.umask(0o022)
+    try:
+        stack = Stack(tmp, nginx_user="www-data")
+        try:
+            stack.start()
+            status, body, _ = get(("127.0.0.1", stack.unix_port), "/hello")
+            assert status == 200, (status, body, (tmp / "error.log").read_text()[-2000:])
+            assert json.loads(body)["path"] == "/hello"
+            assert stat.S_IMODE(os.stat(stack.sock).st_mode) == 0o666
+        finally:
+            stack.stop()
+    finally:
+        os.umask(old_umask)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_health_path_through_nginx_and_nginx_config_is_valid(stack: Stack) -> None:

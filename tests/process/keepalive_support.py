@@ -1,9 +1,10 @@
 """Clients that keep their connections alive, for the keep-alive process tests (issue 11).
 
-Two kinds, used as users use them: `requests.Session` loops (urllib3's pool,
-which reuses a connection until the server closes it) and raw sockets that
-send request after request on one connection and open a new one only after a
-response that says `Connection: close`. Both count every request that got no
+Three kinds, used as users use them: `requests.Session` loops (urllib3's pool,
+which reuses a connection until the server closes it), bare urllib3
+`PoolManager` loops with retries disabled (so no error is hidden by a retry),
+and raw sockets that send request after request on one connection and open a
+new one only after a response that says `Connection: close`. All count every request that got no
 response as a failure, whatever the cause (a reset, a close before the
 response, a timeout).
 """
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import requests
+import urllib3
 
 CLOSE_RE = re.compile(rb"(?i)\r\nconnection: *close\r\n")
 LENGTH_RE = re.compile(rb"(?i)\r\ncontent-length: *(\d+)\r\n")
@@ -42,23 +44,28 @@ def read_response(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, 
 
 @dataclass
 class KeepAliveClients:
-    """`sessions` requests.Session loops and `sockets` raw-socket loops, in threads.
+    """`sessions` requests.Session, `pools` urllib3 and `sockets` raw-socket loops, in threads.
 
     `ok` counts answered requests; `failures` lists every request that was sent
     and got no complete response. `refused` counts connection attempts that
     failed before a request was sent (only expected once the port closes, on a
-    TERM); those are not requests that reached the server.
+    TERM), and, with `port_closing`, new connections reset at their first
+    request; those are not requests that reached the server.
     """
 
     url: str
     address: tuple[str, int]
     sessions: int = 2
     sockets: int = 2
+    pools: int = 0
     path: str = "/pid"
     ok: int = 0
     refused: int = 0
     failures: list[str] = field(default_factory=list)
     closes_seen: int = 0
+    # Set once the server stops for good (TERM to the master): from then on a
+    # reset on the first request of a new connection counts as `refused`.
+    port_closing: bool = False
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -67,6 +74,8 @@ class KeepAliveClients:
                          for _ in range(self.sessions)]
         self._threads += [threading.Thread(target=self._socket_loop, daemon=True)
                           for _ in range(self.sockets)]
+        self._threads += [threading.Thread(target=self._pool_loop, daemon=True)
+                          for _ in range(self.pools)]
 
     def _count(self, ok: bool, failure: str = "") -> None:
         with self._lock:
@@ -94,9 +103,35 @@ class KeepAliveClients:
             self._count(r.status_code == 200, f"session: status {r.status_code}")
         session.close()
 
+    def _pool_loop(self) -> None:
+        # One kept-alive connection per loop, as an app's client library holds
+        # it. retries=False: urllib3 raises whatever went wrong on a request
+        # instead of sending it again. (It still opens a new connection when
+        # the pooled one was closed by the server before this request, or
+        # after a response that said Connection: close: that is no retry.)
+        pool = urllib3.PoolManager(maxsize=1, block=True, retries=False,
+                                   timeout=urllib3.Timeout(connect=10, read=10))
+        while not self._stop.is_set():
+            try:
+                r = pool.request("GET", self.url + self.path)
+            except urllib3.exceptions.NewConnectionError as exc:
+                if "refused" in str(exc).lower():
+                    with self._lock:
+                        self.refused += 1
+                    time.sleep(0.01)
+                    continue
+                self._count(False, f"pool: {type(exc).__name__}: {exc}")
+                continue
+            except Exception as exc:
+                self._count(False, f"pool: {type(exc).__name__}: {exc}")
+                continue
+            self._count(r.status == 200, f"pool: status {r.status}")
+        pool.clear()
+
     def _socket_loop(self) -> None:
         sock: socket.socket | None = None
         buf = b""
+        fresh = True  # no response yet on this connection
         request = f"GET {self.path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
         while not self._stop.is_set():
             if sock is None:
@@ -108,14 +143,24 @@ class KeepAliveClients:
                     time.sleep(0.01)
                     continue
                 buf = b""
+                fresh = True
             try:
                 sock.sendall(request)
                 head, _body, buf = read_response(sock, buf)
             except OSError as exc:
-                self._count(False, f"socket: {type(exc).__name__}: {exc}")
+                if (fresh and self.port_closing and isinstance(exc, ConnectionResetError)):
+                    # Connected into the listen backlog after every worker had
+                    # taken its last connections from it, and reset when the
+                    # last copy of the socket closed: no process ever had it
+                    # (docs/signals.md, "What happens to connections on a stop").
+                    with self._lock:
+                        self.refused += 1
+                else:
+                    self._count(False, f"socket: {type(exc).__name__}: {exc}")
                 sock.close()
                 sock = None
                 continue
+            fresh = False
             self._count(head.startswith(b"HTTP/1.1 200 "), f"socket: {head[:40]!r}")
             if CLOSE_RE.search(head + b"\r\n"):
                 with self._lock:

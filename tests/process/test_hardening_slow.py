@@ -7,8 +7,9 @@
   (--worker-connections), the longest idle closed first, with a log line;
 - a client that never reads a large response is cut off at --write-timeout
   and the same worker goes on serving;
-- a streamed body (larger than --body-buffer-size) is cut off at
-  --body-timeout counted for the whole body, not per read.
+- a body larger than --body-buffer-size is parked too (spooled to a file),
+  and --body-timeout counts silence: a steady trickle is received, a client
+  that stops sending is cut off that long after its last byte.
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ def get(address: tuple[str, int], path: str = "/", timeout: float = 10.0) -> tup
 
 
 class Trickler(threading.Thread):
-    """Sends `head`, then one byte every TICK seconds until the server answers or closes."""
+    """Sends `head`, then one byte of `drip` (`repeat` times over) every TICK seconds
+    until the server answers or closes, then waits for the answer."""
 
-    def __init__(self, address: tuple[str, int], head: bytes, drip: bytes) -> None:
+    def __init__(self, address: tuple[str, int], head: bytes, drip: bytes,
+                 repeat: int = 100) -> None:
         super().__init__(daemon=True)
-        self.address, self.head, self.drip = address, head, drip
+        self.address, self.head, self.drip = address, head, drip * repeat
         self.started_at = 0.0
         self.elapsed = -1.0
         self.answer = b""
@@ -72,7 +75,7 @@ class Trickler(threading.Thread):
             self.started_at = time.monotonic()
             sock.sendall(self.head)
             self.ready.set()
-            for byte in self.drip * 100:
+            for byte in self.drip:
                 readable, _, _ = select.select([sock], [], [], TICK)
                 if readable:
                     break
@@ -92,8 +95,9 @@ def test_trickled_heads_and_bodies_hold_no_worker(trickle_server: Server) -> Non
     address = trickle_server.address
     slow = [Trickler(address, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", b"abcdefgh")
             for _ in range(3)]
-    slow += [Trickler(address, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n",
-                      b"0123456789") for _ in range(3)]
+    # Bodies that stop arriving: --body-timeout counts from the last byte.
+    slow += [Trickler(address, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n"
+                      b"01234", b"") for _ in range(3)]
     for t in slow:
         t.start()
     for t in slow:
@@ -219,16 +223,22 @@ def test_client_that_never_reads_is_cut_off(one_worker: Server) -> None:
     assert one_worker.worker_pids() == [pid]
 
 
-def test_streamed_body_deadline_counts_the_whole_body(one_worker: Server) -> None:
-    # Larger than --body-buffer-size (100): streamed to the app as it arrives,
-    # holding the worker, so the body deadline (1.5 s) counts from the head,
-    # however steadily the bytes trickle in.
+def test_a_large_body_is_parked_and_cut_off_after_silence(one_worker: Server) -> None:
+    # Larger than --body-buffer-size (100): spooled to a file while parked, so
+    # the one worker serves others meanwhile. The body deadline (1.5 s) counts
+    # silence: a byte every 0.5 s keeps it going past 1.5 s in all, and once
+    # the client stops, the 408 comes 1.5 s after its last byte.
     slow = Trickler(one_worker.address,
                     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 200,
-                    b"0123456789")
+                    b"0123456", repeat=1)
     slow.start()
-    slow.join(10)
+    time.sleep(TICK)
+    started = time.monotonic()
+    status, _ = get(one_worker.address, "/meanwhile")
+    assert status == 200 and time.monotonic() - started < 1.0
+    slow.join(15)
     assert status_of(slow.answer) == 408
-    assert 1.2 <= slow.elapsed <= 3.0, slow.elapsed
+    # 7 bytes 0.5 s apart (3.5 s), then 1.5 s of silence
+    assert 7 * TICK + 1.2 <= slow.elapsed <= 7 * TICK + 3.5, slow.elapsed
     status, _ = get(one_worker.address, "/after")
     assert status == 200

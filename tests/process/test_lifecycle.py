@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -36,27 +37,42 @@ def get(server: Server, path: str = "/pid") -> dict[str, object]:
 
 
 # -- timeouts -------------------------------------------------------------
-def test_timeout_logs_the_request_and_every_thread_stack_then_replaces_the_worker() -> None:
+def test_timeout_answers_500_and_logs_every_python_stack_with_source_then_replaces_the_worker(
+) -> None:
     if threaded():
         pytest.skip("a threaded worker times out its own requests: test_threads.py")
     with serve(APP, "--workers", "1", "--timeout", "1", wait_workers=1) as s:
         (worker,) = s.worker_pids()
-        with pytest.raises(requests.ConnectionError):
-            requests.get(s.url + "/stuck?60", timeout=15)
+        # Nothing of the response went out yet: a 500, not an empty reply.
+        r = requests.get(s.url + "/stuck?60", timeout=15)
+        assert r.status_code == 500
         log = s.wait_for_log(rf"Worker {worker} (was killed by SIGKILL|exited with ABORTED)")
         m = re.search(rf"WORKER TIMEOUT \(pid:{worker}\) stuck serving GET /stuck\?60 from "
                       r"127\.0\.0\.1:\d+ for (\d+\.\d)s \(no heartbeat for", log)
         assert m, log
         assert float(m.group(1)) >= 1.0
         dump = log[m.end():]
-        # The stacks of both threads: the app's frame in the main one, and the helper.
-        assert "Current thread" in dump and dump.count("Thread 0x") >= 1
-        assert re.search(r'lifecycle_apps\.py", line \d+ in stuck_in_the_app', dump)
-        assert re.search(r'lifecycle_apps\.py", line \d+ in _background_thread', dump)
-        assert re.search(r"Thread names: .*0x[0-9a-f]{16} = helper-thread", dump)
+        # A Python traceback of both threads, with their source lines, and no
+        # "Fatal Python error" from faulthandler: the Python handler ran first.
+        assert "Python stacks of the worker's threads (most recent call last)" in dump
+        assert re.search(r"Thread MainThread \(0x[0-9a-f]{16}\):", dump)
+        assert re.search(r"Thread helper-thread \(0x[0-9a-f]{16}\):", dump)
+        assert re.search(r'lifecycle_apps\.py", line \d+, in stuck_in_the_app\n'
+                         r"\s+time\.sleep\(seconds\)", dump)
+        assert re.search(r'lifecycle_apps\.py", line \d+, in _background_thread', dump)
+        assert "Fatal Python error" not in dump
         assert "exited with ABORTED" in dump  # it exited by itself, no SIGKILL needed
         wait_until(lambda: len(booted_pids(s.log)) == 2, what="a replacement")
         assert get(s)["pid"] != worker
+
+
+def test_timeout_after_the_response_began_cuts_it_off() -> None:
+    with serve(APP, "--workers", "1", "--timeout", "1", wait_workers=1) as s:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            r = requests.get(s.url + "/stream-then-stuck", timeout=15, stream=True)
+            assert r.status_code == 200  # the head went out before the app got stuck
+            r.content  # noqa: B018 - reading the body is the point
+        s.wait_for_log(r"exited with ABORTED")
 
 
 def test_timeout_of_a_worker_stuck_in_c_still_dumps_its_stack_then_kills_it() -> None:
@@ -66,10 +82,30 @@ def test_timeout_of_a_worker_stuck_in_c_still_dumps_its_stack_then_kills_it() ->
             requests.get(s.url + "/busy-in-c", timeout=15)
         log = s.wait_for_log(rf"Worker {worker} was killed by SIGKILL")
         dump = log[log.index(f"WORKER TIMEOUT (pid:{worker}) stuck serving GET /busy-in-c"):]
-        # faulthandler wrote from C although the interpreter never got control back.
+        # The Python handler could not run; faulthandler, on the SIGABRT that
+        # followed, wrote from C although the interpreter never got control back.
+        assert "Python stacks of the worker's threads" not in dump
         assert re.search(r'lifecycle_apps\.py", line \d+ in _app', dump)
         assert "exited with ABORTED" not in dump
         wait_until(lambda: len(booted_pids(s.log)) == 2, what="a replacement")
+
+
+def test_json_logs_keep_the_dump_of_a_worker_stuck_in_c_as_one_record() -> None:
+    # faulthandler writes from C into the worker's dump file; the worker never
+    # runs Python again, so the master logs the dump after reaping it (#14).
+    with serve(APP, "--workers", "1", "--timeout", "1", "--log-format", "json",
+               wait_workers=1) as s:
+        (worker,) = s.worker_pids()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(s.url + "/busy-in-c", timeout=15)
+        s.wait_for_log(rf"Worker {worker} was killed by SIGKILL")
+        s.wait_for_log(r'"stack"')
+        records = [json.loads(line) for line in s.log.splitlines()]  # each line one object
+    dumps = [r for r in records if "stack" in r]
+    assert len(dumps) == 1, dumps
+    assert dumps[0]["message"] == f"Worker {worker}: the stacks of its threads (written by " \
+        "faulthandler)"
+    assert re.search(r'lifecycle_apps\.py", line \d+ in _app', dumps[0]["stack"])
 
 
 def test_boot_timeout_stops_the_master_with_the_import_stack() -> None:
@@ -82,7 +118,9 @@ def test_boot_timeout_stops_the_master_with_the_import_stack() -> None:
     finally:
         s.kill()
     assert re.search(r"WORKER BOOT TIMEOUT \(pid:\d+\) still loading the app after 1\.\d+s", log)
-    assert re.search(r'lifecycle_slow_boot\.py", line \d+ in import_takes_long', log)
+    # As a Python traceback, with the source line (the Python handler ran).
+    assert re.search(r'lifecycle_slow_boot\.py", line \d+, in import_takes_long\n'
+                     r"\s+time\.sleep\(seconds\)", log)
     errors = [line for line in log.splitlines() if "[ERROR]" in line]
     assert errors == [errors[0]] and errors[0].endswith(
         "Worker failed to boot: it did not load the app within --boot-timeout 1s")
@@ -165,9 +203,9 @@ def test_max_worker_memory_replaces_a_worker_over_the_limit() -> None:
         assert "Replacing" not in s.log  # a fresh worker is far below 150 MiB
         assert get(s, "/grow?200")["pid"] == first  # the request itself completes
         log = s.wait_for_log(rf"Worker {first} exited with OK")
-        m = re.search(rf"Replacing worker {first}: uses (\d+) MiB \(--max-worker-memory 150\)",
+        m = re.search(rf"Replacing worker {first}: uses ([\d.]+) MiB \(--max-worker-memory 150\)",
                       log)
-        assert m and int(m.group(1)) > 150
+        assert m and float(m.group(1)) > 150
         assert get(s)["pid"] != first
 
 

@@ -40,17 +40,26 @@ PRECEDENCE = [
      "workers", 3, "env FORKSERVE_WORKERS"),
     ({"forkserve.toml": "workers = 2\n"}, {"FORKSERVE_WORKERS": "3"}, {"workers": "4"},
      "workers", 4, "command line --workers"),
+    # PORT and WEB_CONCURRENCY (and the other conventions) are defaults only.
+    ({}, {"WEB_CONCURRENCY": "5"}, {}, "workers", 5, "env WEB_CONCURRENCY"),
     ({"forkserve.toml": "workers = 2\n"}, {"WEB_CONCURRENCY": "5"}, {},
-     "workers", 5, "env WEB_CONCURRENCY"),
+     "workers", 2, "forkserve.toml:1 (over env WEB_CONCURRENCY, a default only)"),
     ({}, {"WEB_CONCURRENCY": "5", "FORKSERVE_WORKERS": "6"}, {},
-     "workers", 6, "env FORKSERVE_WORKERS"),
+     "workers", 6, "env FORKSERVE_WORKERS (over env WEB_CONCURRENCY, a default only)"),
+    ({}, {"WEB_CONCURRENCY": "5"}, {"workers": "3"},
+     "workers", 3, "command line --workers (over env WEB_CONCURRENCY, a default only)"),
+    ({"forkserve.toml": 'bind = ["127.0.0.1:8001"]\n'}, {"PORT": "9000"}, {},
+     "bind", ["127.0.0.1:8001"], "forkserve.toml:1 (over env PORT, a default only)"),
+    ({}, {"PORT": "9000", "FORKSERVE_BIND": "127.0.0.1:1"}, {},
+     "bind", ["127.0.0.1:1"], "env FORKSERVE_BIND (over env PORT, a default only)"),
     ({}, {"FORKSERVE_WORKERS": "6", "FORKSERVE_CMD_ARGS": "--workers 7 -t 9"}, {},
      "workers", 7, "env FORKSERVE_CMD_ARGS --workers"),
     ({}, {"FORKSERVE_CMD_ARGS": "--workers 7"}, {"workers": "8"},
      "workers", 8, "command line --workers"),
     ({}, {"PORT": "9000"}, {}, "bind", ["0.0.0.0:9000"], "env PORT"),
     ({"forkserve.toml": 'bind = ["unix:/tmp/a.sock", "[::1]:81"]\n'}, {"PORT": "9000"},
-     {"bind": ("127.0.0.1:1",)}, "bind", ["127.0.0.1:1"], "command line --bind"),
+     {"bind": ("127.0.0.1:1",)}, "bind", ["127.0.0.1:1"],
+     "command line --bind (over env PORT, a default only)"),
     ({"forkserve.toml": 'bind = ["unix:/tmp/a.sock", "[::1]:81"]\n'}, {}, {},
      "bind", ["unix:/tmp/a.sock", "[::1]:81"], "forkserve.toml:1"),
     ({}, {"FORKSERVE_BIND": "127.0.0.1:1,127.0.0.1:2"}, {},
@@ -179,7 +188,8 @@ def test_forwarded_allow_ips_convention() -> None:
     assert origin["forwarded_allow_ips"] == "env FORWARDED_ALLOW_IPS"
     _, origin = load({}, {"FORWARDED_ALLOW_IPS": "10.0.0.1",
                           "FORKSERVE_FORWARDED_ALLOW_IPS": "10.0.0.2"})
-    assert origin["forwarded_allow_ips"] == "env FORKSERVE_FORWARDED_ALLOW_IPS"
+    assert origin["forwarded_allow_ips"] == (
+        "env FORKSERVE_FORWARDED_ALLOW_IPS (over env FORWARDED_ALLOW_IPS, a default only)")
 
 
 def test_every_setting_has_an_env_var_and_a_flag() -> None:
@@ -195,14 +205,16 @@ def _sample(name: str) -> str:
     """A valid value of each setting, spelled as an environment variable."""
     default = load({}, {})[0]
     value = getattr(default, name)
+    special = {"umask": "022", "unix_socket_mode": "660", "user": "root", "group": "root",
+               "health_path": "/h", "root_path": "/r", "app": "m:app",
+               "stream_body_paths": "/upload/", "statsd_host": "localhost:8125",
+               "metrics_bind": "127.0.0.1:9100"}
+    if name in special:
+        return special[name]
     if isinstance(value, bool):
         return "true"
     if isinstance(value, list):
         return ",".join(value) if value else "x"
-    special = {"umask": "022", "user": "root", "group": "root", "health_path": "/h",
-               "root_path": "/r", "app": "m:app"}
-    if name in special:
-        return special[name]
     return "1" if value is None else str(value) if value != "" else "x"
 
 
@@ -251,8 +263,12 @@ def test_check_config_loads_app_and_does_not_serve(tmp_path: Path) -> None:
     assert ok.stdout == "forkserve: configuration OK; app 'okapp:app' loaded\n"
     bad = _forkserve("--check-config", "badapp:app", cwd=tmp_path)
     assert bad.returncode == 3
-    assert bad.stderr.count("\n") == 1
-    assert "RuntimeError: no database" in bad.stderr
+    # One line saying what failed, then the user's own frame (file, line, source):
+    # no forkserve or importlib internals.
+    first, *frames = bad.stderr.splitlines()
+    assert "RuntimeError: no database" in first
+    assert any("badapp.py\", line 1" in line for line in frames), bad.stderr
+    assert "forkserve" not in "".join(frames) and "importlib" not in "".join(frames)
     (tmp_path / "forkserve.toml").write_text("workers = -1\n")
     wrong = _forkserve("--check-config", "okapp:app", cwd=tmp_path)
     assert wrong.returncode == 2

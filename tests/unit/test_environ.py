@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +172,23 @@ def test_drain_skips_an_unrequested_continue_body() -> None:
 def test_drain_reads_the_rest() -> None:
     assert pulling([b"x" * 10, b"y" * 10]).drain(100) is True
     assert pulling([b"x" * 100, b"y" * 100, b"z"]).drain(50) is False
+
+
+def test_a_received_body_is_seekable_and_a_streamed_one_is_not(tmp_path: Path) -> None:
+    body = Body([b"hello ", b"world"])
+    assert body.seekable() and body.read() == b"hello world"
+    assert body.seek(0) == 0 and body.read(5) == b"hello" and body.tell() == 5
+    assert body.seek(-5, 2) == 6 and body.read() == b"world"
+    pieces = [b"abc", b""]
+    streamed = Body([], lambda: pieces.pop(0))
+    assert not streamed.seekable()
+    assert streamed.read() == b"abc"
+    with pytest.raises(io.UnsupportedOperation):
+        streamed.seek(0)
+    spool = (tmp_path / "spool").open("w+b")
+    spool.write(b"line 1\nline 2\n")
+    spool.seek(0)
+    spooled = Body(file=spool)
+    assert spooled.seekable() and spooled.readline() == b"line 1\n"
+    assert list(spooled) == [b"line 2\n"]
+    assert spooled.seek(0) == 0 and spooled.read(4) == b"line"

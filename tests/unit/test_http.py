@@ -13,9 +13,13 @@ from forkserve.http import (
     ChunkedDecoder,
     LengthDecoder,
     Limits,
+    as_http11,
+    check_first_byte,
     check_head,
     check_trailers,
     find_head_end,
+    judge_request_line,
+    request_line_of,
 )
 
 LIMITS = Limits()
@@ -36,6 +40,7 @@ def status(data: bytes, limits: Limits = LIMITS) -> int:
 
 GOOD = [
     head("GET / HTTP/1.1", "Host: a"),
+    head("GET / HTTP/1.2", "Host: a"),  # RFC 9110 §2.5: handled as HTTP/1.1
     head("GET / HTTP/1.0"),
     head("GET /p?q=1 HTTP/1.1", "Host: a:80", "X: \t v \t"),
     head("OPTIONS * HTTP/1.1", "Host: a"),
@@ -99,7 +104,7 @@ BAD = [
     (head("GET / HTTP/1.1", "Host: a", "X: a\x1bb"), 400),
     (head("GET / HTTP/1.1", "Host: a", "X: a\x0cb"), 400),
     # request line (RFC 9112 §3)
-    (head("GET / HTTP/1.2", "Host: a"), 505),
+    (head("GET / HTTP/3.0", "Host: a"), 505),
     (head("GET / HTTP/2.0", "Host: a"), 505),
     (head("GET / HTTP/0.9"), 505),
     (head("GET / HTTP/1.10", "Host: a"), 400),
@@ -386,3 +391,74 @@ def test_length_decoder(split: str) -> None:
     assert decoder.done and decoder.rest == b"GET /next"
     empty = LengthDecoder(0)
     assert empty.done and empty.decode(b"GET /") == [] and empty.rest == b"GET /"
+
+
+# -- the request line of a head still arriving --------------------------------
+PARTIAL_OK = [b"G", b"GET", b"GET /", b"GET / HTTP/1.", b"GET / HTTP/1.1\r", b"\r"]
+PARTIAL_DONE = [b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHo", b"GET / HTTP/1.2\r\n"]
+PARTIAL_BAD = [
+    (b"\x16\x03\x01", 400),
+    (b"\x00" * 64, 400),
+    (b" GET / HTTP/1.1", 400),
+    (b"\rX", 400),
+    (b"GET /\r\n", 400),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", 400),
+    (b"GET / HTTP/1.1\rHost", 400),
+    (b"GET /\x7f", 400),
+    (b"GET / HTTP/2.0\r\n", 505),
+    (b"GET / HTTP/1.10\r\n", 400),
+    (b"CONNECT a:443 HTTP/1.1\r\n", 501),
+]
+
+
+@pytest.mark.parametrize("data", PARTIAL_OK)
+def test_a_request_line_that_may_still_become_valid_waits(data: bytes) -> None:
+    check_first_byte(data)
+    assert judge_request_line(data, 0, LIMITS) is False
+
+
+@pytest.mark.parametrize("data", PARTIAL_DONE)
+def test_a_complete_valid_request_line_is_judged_once(data: bytes) -> None:
+    assert judge_request_line(data, 0, LIMITS) is True
+
+
+@pytest.mark.parametrize(("data", "expected"), PARTIAL_BAD)
+def test_a_request_line_that_cannot_be_valid_is_refused_now(data: bytes, expected: int) -> None:
+    with pytest.raises(HTTPError) as info:
+        judge_request_line(data, 0, LIMITS)
+    assert info.value.status == expected
+    # The same verdict whatever the reads were: byte by byte, with `start` moving on.
+    with pytest.raises(HTTPError) as info:
+        for end in range(1, len(data) + 1):
+            judge_request_line(data[:end], end - 1, LIMITS)
+    assert info.value.status == expected
+
+
+def test_tls_gets_a_body_that_says_what_is_wrong() -> None:
+    with pytest.raises(HTTPError) as info:
+        check_first_byte(b"\x16\x03\x01\x02\x00")
+    assert info.value.body is not None and b"plain HTTP" in info.value.body
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"GET /a?b HTTP/1.1\r\nHost: a\r\n", (b"GET", b"/a?b", b"HTTP/1.1")),
+    (b"GET /a HTTP/1.1", None),  # not ended
+    (b"\x00" * 64 + b"\r\n", None),
+    (b"GET /\x1b[31m HTTP/1.1\r\n", None),  # nothing that could colour or forge a log line
+    (b"GET /\r\n", None),
+])
+def test_request_line_of_a_refused_head(raw: bytes, expected: object) -> None:
+    assert request_line_of(raw, LIMITS) == expected
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_later_http1_minor_is_rewritten_to_1_1_before_any_parser(version: bytes) -> None:
+    # llhttp refuses HTTP/1.2 and h11 passes it through: rewritten, both see 1.1.
+    raw = head(b"GET /a?HTTP/1.2 " + version, "Host: a", "X-V: HTTP/1.2")
+    assert check_head(raw, LIMITS).http11
+    assert as_http11(raw) == head("GET /a?HTTP/1.2 HTTP/1.1", "Host: a", "X-V: HTTP/1.2")
+
+
+def test_http11_head_is_not_copied() -> None:
+    raw = head("GET / HTTP/1.1", "Host: a")
+    assert as_http11(raw) is raw

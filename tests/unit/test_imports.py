@@ -21,7 +21,8 @@ LAZY = {
     "tomllib": "a config file (forkserve.config._read_toml)",
     "ctypes": "--reload (forkserve.reloader)",
     "difflib": "a misspelt setting (forkserve.config.suggest)",
-    "json": "--print-config (forkserve.config.show_value)",
+    "json": "--print-config (forkserve.config.show_value), --log-format json (forkserve.log)",
+    "prometheus_client": "--metrics-bind, PROMETHEUS_MULTIPROC_DIR (forkserve.metrics)",
     "email": "nothing: the Date header is formatted by hand",
 }
 

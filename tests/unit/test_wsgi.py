@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from forkserve.response import ResponseWriter
 from forkserve.wsgi import FileWrapper, ResponseError, StartResponse, check_status, clean_headers
 
 
@@ -35,15 +36,52 @@ def test_exc_info_before_headers_sent_replaces_the_response() -> None:
     assert sr.code == 500 and sr.headers == [("X-B", "2")]
 
 
-def test_exc_info_after_headers_sent_reraises() -> None:
-    sr = StartResponse(lambda b: None)
+class Channel:
+    """What a ResponseWriter writes to, in memory."""
+
+    keep_alive = True
+    draining = False
+    tls = False
+
+    def __init__(self) -> None:
+        self.out = b""
+
+    def send_all(self, data: bytes | memoryview) -> None:
+        self.out += bytes(data)
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        raise AssertionError("not used")
+
+
+def test_exc_info_after_the_writer_sent_the_head_reraises() -> None:
+    # The real writer marks the head as sent where start_response sees it
+    # (PEP 3333), not a flag set by hand.
+    channel = Channel()
+    writer = ResponseWriter(channel, False, b"1.1")
+    sr = StartResponse(writer.write_legacy)
+    writer.start = sr
     sr("200 OK", [])
-    sr.headers_sent = True
+    assert not sr.headers_sent
+    writer.write_legacy(b"abc")
+    assert sr.headers_sent and channel.out.endswith(b"3\r\nabc\r\n")
     try:
         raise KeyError("original")
     except KeyError:
         with pytest.raises(KeyError, match="original"):
             sr("500 Internal Server Error", [], sys.exc_info())  # type: ignore[arg-type]
+
+
+def test_a_first_chunk_over_content_length_leaves_room_for_a_500() -> None:
+    channel = Channel()
+    writer = ResponseWriter(channel, False, b"1.1")
+    writer.start = sr = StartResponse(writer.write_legacy)
+    sr("200 OK", [("Content-Length", "3")])
+    with pytest.raises(ResponseError):
+        writer.write_legacy(b"abcdef")
+    assert channel.out == b"" and not sr.headers_sent
+    writer.fail(500, "too long")
+    assert channel.out.startswith(b"HTTP/1.1 500 ")
+    assert writer.sent == len(channel.out.partition(b"\r\n\r\n")[2])
 
 
 def test_write_before_start_response_and_non_bytes() -> None:
