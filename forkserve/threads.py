@@ -190,6 +190,7 @@ class ThreadedLoop(WorkerLoop):
     access_log_class = LockedAccessLog
     error_stream_class = ThreadErrorStream
     refusal_log_class = LockedRefusalLog
+    multithread = True  # up to `threads` calls of the app at once
     stats_writer_class = LockedStatsWriter
 
     def __init__(self, worker: Worker, threads: int) -> None:

@@ -314,6 +314,7 @@ class WorkerLoop:
     access_log_class: type[AccessLog] = AccessLog
     error_stream_class: type[ErrorStream] = ErrorStream
     refusal_log_class: type[RefusalLog] = RefusalLog
+    multithread = False  # wsgi.multithread: the app is called from one thread only
     stats_writer_class: type[StatsWriter] = StatsWriter
 
     def __init__(self, worker: Worker) -> None:
@@ -410,7 +411,8 @@ class WorkerLoop:
             if not listener.is_unix:
                 # Responses go out in one write each: never hold them back (Nagle).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            base = self._facts(listener).base_environ(self.errors, FileWrapper)
+            base = self._facts(listener).base_environ(self.errors, FileWrapper,
+                                                      self.multithread)
             self.listen_socks[sock.fileno()] = (sock, base)
             self.bases.append(base)
         self._listen(True)

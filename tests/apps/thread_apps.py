@@ -25,6 +25,10 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     """
     global _in_app
     path = environ["PATH_INFO"]
+    if path == "/multithread":
+        text = f"{environ['wsgi.multithread']}\n".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [text]
     with _lock:
         _in_app += 1
         peak = _in_app

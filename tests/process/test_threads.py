@@ -199,6 +199,13 @@ def test_other_worker_classes_are_refused_in_one_line(worker_class: str) -> None
     assert Path(TESTS.parent / "docs" / "workers.md").exists()
 
 
+@pytest.mark.parametrize("threads, expected", [("1", "False"), ("2", "True")])
+def test_wsgi_multithread_says_whether_the_app_runs_on_threads(threads: str,
+                                                               expected: str) -> None:
+    with serve("thread_apps:app", "--threads", threads) as server:
+        assert requests.get(server.url + "/multithread", timeout=10).text == expected + "\n"
+
+
 def test_max_requests_counts_across_threads() -> None:
     with serve("thread_apps:app", "--workers", "1", "--threads", "4",
                "--max-requests", "8", wait_workers=1) as server:
