@@ -382,6 +382,12 @@ class ThreadedLoop(WorkerLoop):
             log.warning("Worker %d exiting with %d request(s) still running after "
                         "--graceful-timeout %g", os.getpid(), len(self.busy),
                         self.cfg.graceful_timeout)
+            # As the sync worker's timeout does (WorkerLoop._abort): a 500 if
+            # nothing of the response went out yet, else the end of it, instead
+            # of an empty reply that proxies report as a bad gateway. The thread
+            # is still in the app; this process exits next.
+            for conn in list(self.busy.values()):
+                conn.answer_timeout()
         for conn in self.parked():
             conn.close()
         return WorkerExit.OK

@@ -120,8 +120,10 @@ def test_stuck_request_others_served_then_worker_replaced_with_stacks() -> None:
                "--graceful-timeout", "1", wait_workers=1) as server:
         old = server.worker_pids()
         assert len(old) == 1
+        answers: list[int] = []
         stuck = threading.Thread(
-            target=lambda: _swallow(lambda: requests.get(server.url + "/stuck", timeout=30)),
+            target=lambda: _swallow(lambda: answers.append(
+                requests.get(server.url + "/stuck", timeout=30).status_code)),
             daemon=True)
         stuck.start()
         time.sleep(0.3)
@@ -145,6 +147,10 @@ def test_stuck_request_others_served_then_worker_replaced_with_stacks() -> None:
             f"Worker {old[0]} ")
         r = requests.get(server.url + "/after", timeout=5)
         assert parse(r.text)[1] != old[0]
+        # Nothing of its response had gone out: the stuck client got a 500 when
+        # the worker left, not an empty reply (as a sync worker's does).
+        stuck.join(timeout=20)
+        assert answers == [500]
 
 
 def _swallow(fn: object) -> None:
