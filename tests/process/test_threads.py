@@ -384,3 +384,27 @@ def test_a_burst_of_connections_is_shared_by_the_workers() -> None:
         for _path, pid, _thread, peak in seen:
             peaks[pid] = max(peaks.get(pid, 0), peak)
         assert len(peaks) == 2 and sum(peaks.values()) >= 6, peaks
+
+
+def test_metrics_count_each_request_in_flight_on_the_threads() -> None:
+    from tests.process.test_observability import by_label, metrics_url, scrape, wait_until
+
+    with serve("thread_apps:app", "--workers", "1", "--threads", "4", "--metrics-bind",
+               "127.0.0.1:0", wait_workers=1) as server:
+        url = metrics_url(server)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(requests.get, server.url + "/sleep?3", timeout=20)
+                       for _ in range(3)]
+
+            def three_in_progress() -> bool:
+                return scrape(url)[("forkserve_http_requests_in_progress", frozenset())] == 3
+
+            # One worker, three of its threads in the app (not saturated: its
+            # slot head says nothing; the per-thread records say three).
+            wait_until(three_in_progress, timeout=2.5, what="3 requests in progress")
+            assert by_label(scrape(url), "forkserve_connections", "state")["active"] == 3
+            assert all(f.result().status_code == 200 for f in futures)
+        samples = scrape(url)
+        assert samples[("forkserve_http_requests_in_progress", frozenset())] == 0
+        assert samples[("forkserve_http_requests_total",
+                        frozenset({("method", "GET"), ("code", "200")}))] == 3
