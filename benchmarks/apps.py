@@ -76,6 +76,21 @@ def _read_body(environ: Environ) -> bytes:
     return b"".join(parts)
 
 
+IO_WAIT_S = 0.05
+
+
+def io_wait(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Waits 50 ms (a database or upstream call, GIL released), then says hello.
+
+    The I/O-bound scenario (benchmarks/threads.py): what one worker can do at
+    once decides the throughput, not the server's own speed.
+    """
+    import time
+
+    time.sleep(IO_WAIT_S)
+    return hello(environ, start_response)
+
+
 def mixed(environ: Environ, start_response: StartResponse) -> list[bytes]:
     """hello, except `/slow?SECONDS`, which sleeps first: a slow request among fast ones."""
     if environ.get("PATH_INFO") == "/slow":

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import setproctitle
 
 from forkserve import __version__, loader
-from forkserve.config import Config
+from forkserve.config import Config, threads_per_worker
 from forkserve.errors import ConfigError, ForkserveError, WorkerExit
 from forkserve.handoff import HandoffChannel
-from forkserve.heartbeat import Heartbeats, SlotView
+from forkserve.heartbeat import MIN_RECORDS, Heartbeats, SlotView
 from forkserve.hooks import HookError, Hooks
 from forkserve.log import log, setup_error_log
 from forkserve.notify import Notifier
@@ -113,7 +113,9 @@ class Arbiter:
         self.pid = os.getpid()
         self.num_workers = cfg.workers
         self.workers: dict[int, Worker] = {}
-        self.heartbeats = Heartbeats(max(64, cfg.workers * 4))
+        self.heartbeats = Heartbeats(
+            max(64, cfg.workers * 4),
+            max(MIN_RECORDS, threads_per_worker(cfg.worker_class, cfg.threads)))
         self.generation = 1
         self.last_generation = 1
         # What a failed reload falls back to: generation, config, pool size.
@@ -219,7 +221,8 @@ class Arbiter:
         self.hooks.call("on_starting", self)
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
-        log.info("Using worker: sync")
+        threads = threads_per_worker(self.cfg.worker_class, self.cfg.threads)
+        log.info("Using worker: %s", f"gthread ({threads} threads)" if threads > 1 else "sync")
         # Also imports httptools when it serves: its pages are then shared by
         # every worker, like ssl's (share_common_modules).
         log.info("Using parser: %s", describe_parser(self.cfg.http))
@@ -267,8 +270,11 @@ class Arbiter:
             if self.stats is not None:
                 self.stats.read(worker.slot, totals)
             if worker.state is not WorkerState.BOOTING:
-                # The heartbeat slot says whether the worker is inside a request.
-                totals.in_progress += bool(self.heartbeats.read(worker.slot).request_started)
+                # The heartbeat slot says whether the worker is inside a request;
+                # a threaded worker's records, how many (its head's start field
+                # then says "every thread busy since", not a request).
+                view = self.heartbeats.read(worker.slot)
+                totals.in_progress += len(view.in_flight) or bool(view.request_started)
             if worker.state is not WorkerState.KILLED:
                 states[worker.state.value] += 1
         return Snapshot(totals, states, self.restarts, listen_queues(self.listeners),
@@ -384,8 +390,8 @@ class Arbiter:
             self.fallback = (self.generation, self.cfg, self.num_workers)
 
     def retire_order(self, worker: Worker) -> tuple[bool, float]:
-        busy = worker.state is WorkerState.READY and bool(
-            self.heartbeats.read(worker.slot).request_started)
+        view = self.heartbeats.read(worker.slot)
+        busy = worker.state is WorkerState.READY and bool(view.request_started or view.in_flight)
         return busy, worker.started_at
 
     def spawn(self) -> Worker | None:
@@ -420,9 +426,17 @@ class Arbiter:
             # birth: frozen before fork, no collection in the worker writes to
             # their headers, so their pages stay shared instead of being copied.
             gc.freeze()
+        # Signals wait while the child still has the master's handlers: one
+        # delivered then (the child may not run at all before the master sends
+        # TERM on a stop right after a spawn) wrote its byte to the master's
+        # wakeup pipe and was lost to the worker, which then served on until
+        # SIGKILL (1 stop in 8 right after start, measured). The child
+        # unblocks them once its own SignalQueue is in place (WorkerLoop).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the child: becomes the worker and never returns
             self._become_worker(worker)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         worker.pid = pid
         self.workers[pid] = worker
         log.info("Booting worker with pid: %d (gen %d)", pid, worker.generation)
@@ -864,6 +878,9 @@ class Arbiter:
 
 def describe_activity(view: SlotView, now: float, silent: float) -> str:
     """What a silent worker was doing, from its heartbeat slot, for the timeout line."""
+    if view.in_flight:  # a threaded worker: every request in flight, oldest first
+        running = "; ".join(f"{text} for {now - since:.1f}s" for since, text in view.in_flight)
+        return f"stuck serving {running} (no heartbeat for {silent:.1f}s)"
     if view.request_started:
         return (f"stuck serving {view.request} for {now - view.request_started:.1f}s "
                 f"(no heartbeat for {silent:.1f}s)")

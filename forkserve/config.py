@@ -266,6 +266,28 @@ def parse_http(text: str) -> str:
     return value
 
 
+WORKER_CLASSES = ("sync", "gthread")
+# -k gthread with --threads left at 1: threads per worker. Four covers an app
+# that waits on a database or an upstream for most of each request without
+# making a CPU-bound one contend much for the GIL (docs/workers.md, sizing).
+GTHREAD_DEFAULT_THREADS = 4
+
+
+def parse_worker_class(text: str) -> str:
+    value = text.strip()
+    if value.lower() not in WORKER_CLASSES:
+        raise ValueError(f"forkserve has sync and gthread workers, not {text!r}; "
+                         "see docs/workers.md for choosing between them")
+    return value.lower()
+
+
+def threads_per_worker(worker_class: str, threads: int) -> int:
+    """How many requests one worker runs at once: --threads, or the gthread default."""
+    if worker_class == "gthread" and threads == 1:
+        return GTHREAD_DEFAULT_THREADS
+    return threads
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
@@ -376,6 +398,28 @@ class Config:
         parse=parse_workers,
         metavar="INT",
     )
+    worker_class: str = setting(
+        "sync",
+        "-k",
+        "--worker-class",
+        help="sync or gthread. gthread runs requests on a pool of --threads threads per "
+        "worker (4 when --threads is left at 1); --threads above 1 makes any worker "
+        "threaded. Other classes (gevent, eventlet, uvicorn's) are refused: see "
+        "docs/workers.md.",
+        section="Workers",
+        parse=parse_worker_class,
+        metavar="CLASS",
+    )
+    threads: int = setting(
+        1,
+        "--threads",
+        help="Requests each worker runs in the app at once, on a pool of this many threads, "
+        "while its loop keeps accepting and reading. For apps that wait on databases and "
+        "upstreams. 1 is the plain sync worker.",
+        section="Workers",
+        parse=parse_int(1),
+        metavar="INT",
+    )
     worker_connections: int = setting(
         1000,
         "--worker-connections",
@@ -389,8 +433,9 @@ class Config:
         30.0,
         "-t",
         "--timeout",
-        help="A worker silent for longer than this many seconds (stuck in the app) is killed "
-        "and replaced. 0 turns the check off.",
+        help="A request running in the app for longer than this many seconds (a worker "
+        "silent that long) gets the worker's thread stacks logged and the worker replaced. "
+        "0 turns the check off.",
         section="Workers",
         parse=parse_float(0),
         metavar="SECONDS",

@@ -158,6 +158,7 @@ class Connection:
         "forward_trusted",
         "tls",
         "peer_closed",
+        "hold_fd",
         "line_judged",
         "writer",
     )
@@ -208,6 +209,11 @@ class Connection:
         self.requests = 0
         self.draining = False
         self.peer_closed = False
+        # On a pool thread (forkserve.threads) close() leaves the socket open
+        # for the loop to close once it has forgotten this connection: the loop
+        # keys connections by fd, and a number freed early could be reused by
+        # the next accept before the loop hears this one is gone.
+        self.hold_fd = False
         self.proxy_pending = (
             settings.proxy_protocol is not None and settings.proxy_protocol.trusts(peer)
         )
@@ -556,6 +562,17 @@ class Connection:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
             self._drop_spool()
+            if self.hold_fd:
+                return
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """The loop takes a connection back from a pool thread: closes what it closed."""
+        self.hold_fd = False
+        if self.state is State.CLOSED:
             try:
                 self.sock.close()
             except OSError:

@@ -55,8 +55,13 @@ class ServerFacts:
     url_scheme: str = "http"
     script_name: str = ""
 
-    def base_environ(self, errors: Any, file_wrapper: Any) -> dict[str, Any]:
-        """The keys every request on this listener shares; copied per request."""
+    def base_environ(self, errors: Any, file_wrapper: Any,
+                     multithread: bool = False) -> dict[str, Any]:
+        """The keys every request on this listener shares; copied per request.
+
+        `multithread`: whether another thread of this process may call the app
+        at the same time (a threaded worker, forkserve.threads), as PEP 3333 says.
+        """
         return {
             "SCRIPT_NAME": self.script_name,
             "SERVER_NAME": self.server_name,
@@ -65,7 +70,7 @@ class ServerFacts:
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": self.url_scheme,
             "wsgi.errors": errors,
-            "wsgi.multithread": False,
+            "wsgi.multithread": multithread,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,

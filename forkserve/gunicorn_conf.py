@@ -84,15 +84,15 @@ def _lower(value: Any) -> str:
 
 
 def _worker_class(value: Any) -> Any:
+    # gunicorn takes a short name or a class path (gunicorn.workers.gthread.ThreadWorker).
     name = str(value).rsplit(".", 1)[-1].lower()
     if name in ("sync", "syncworker"):
-        raise Unconvertible("forkserve's workers are sync workers (idle connections parked): "
-                            "nothing to set")
+        return "sync"
     if name in ("gthread", "threadworker"):
-        raise Unconvertible("threads inside a worker are not in forkserve yet (planned); "
-                            "meanwhile run more workers")
-    raise Unconvertible("forkserve has only sync workers; an async worker class has no "
-                        "equivalent (see the guide's chapter on WSGI or ASGI)")
+        return "gthread"
+    raise Unconvertible("forkserve has sync and gthread workers; an async worker class has "
+                        "no equivalent (docs/workers.md, and the guide's chapter on WSGI or "
+                        "ASGI)")
 
 
 @dataclass(frozen=True)
@@ -131,10 +131,10 @@ GUNICORN_SETTINGS: dict[str, Equivalent] = {
     "backlog": _s("backlog"),
     "workers": _s("workers", "as computed by the file on this machine; forkserve also "
                   "takes 'auto', one per usable CPU"),
-    "worker_class": Equivalent(Kind.PLANNED, why="only sync workers today; threads in a "
-                               "worker are planned", convert=_worker_class),
-    "threads": Equivalent(Kind.PLANNED, why="threads inside a worker are not in forkserve "
-                          "yet (planned); meanwhile run more workers"),
+    "worker_class": _s("worker_class", "sync or gthread; forkserve has no async worker "
+                       "classes", convert=_worker_class),
+    "threads": _s("threads", "the app runs on the threads; reading requests and idle "
+                  "connections stay in the worker's loop (docs/workers.md)"),
     "worker_connections": _s("worker_connections", "in forkserve: the connections one "
                              "worker keeps open, idle ones parked"),
     "max_requests": _s("max_requests"),

@@ -17,13 +17,22 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # pid, heartbeat (monotonic), request start (monotonic, 0 = idle), requests served,
 # then the request line and peer as text.
 _HEAD = struct.Struct("=qddq")
 _TEXT = 232
-SLOT_SIZE = _HEAD.size + _TEXT  # 256 bytes
+SLOT_SIZE = _HEAD.size + _TEXT  # 256 bytes: a sync worker's whole slot
+# A threaded worker's per-thread records follow its slot head: start
+# (monotonic, 0 = this thread is idle), then the request line and peer.
+_RECORD_TEXT = 120
+_RECORD = struct.Struct(f"=d{_RECORD_TEXT}s")  # 128 bytes
+# Records per slot. The table is mapped once, before the first fork, and
+# cannot grow under running workers; a HUP may raise --threads past what was
+# mapped, and the threads beyond it are then not shown (the worker still times
+# them out itself). Untouched pages of an anonymous map cost no memory.
+MIN_RECORDS = 16
 # Worker-side writes, from the heartbeat field on (offset 8). Compiled once:
 # they run on every request. "s" pads the text with NULs (and cuts it to size).
 _STARTED = struct.Struct(f"=ddq{_TEXT}s")  # beat, request start, requests, text
@@ -44,14 +53,18 @@ class SlotView:
     request_started: float
     requests: int
     request: str
+    # A threaded worker's requests in flight: (started, request line), oldest first.
+    in_flight: list[tuple[float, str]] = field(default_factory=list)
 
 
 class Heartbeats:
     """A fixed table of worker slots in memory shared across fork."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, records: int = MIN_RECORDS) -> None:
         self.slots = slots
-        self.mem = mmap.mmap(-1, slots * SLOT_SIZE)
+        self.records = records
+        self.slot_size = SLOT_SIZE + records * _RECORD.size
+        self.mem = mmap.mmap(-1, slots * self.slot_size)
         self.loads = mmap.mmap(-1, slots * _LOAD.size)  # zero-filled: nobody accepts
 
     def claim(self, exclude: set[int]) -> int:
@@ -63,8 +76,10 @@ class Heartbeats:
 
     def reset(self, index: int, pid: int) -> None:
         """Master side, right after fork: a fresh slot that counts as just-beaten."""
-        _HEAD.pack_into(self.mem, index * SLOT_SIZE, pid, time.monotonic(), 0.0, 0)
-        self.mem[index * SLOT_SIZE + _HEAD.size : (index + 1) * SLOT_SIZE] = b"\0" * _TEXT
+        offset = index * self.slot_size
+        _HEAD.pack_into(self.mem, offset, pid, time.monotonic(), 0.0, 0)
+        self.mem[offset + _HEAD.size : offset + self.slot_size] = (
+            b"\0" * (self.slot_size - _HEAD.size))
         self.clear_load(index)
 
     def clear_load(self, index: int) -> None:
@@ -72,13 +87,20 @@ class Heartbeats:
         _LOAD.pack_into(self.loads, index * _LOAD.size, 0)
 
     def read(self, index: int) -> SlotView:
-        offset = index * SLOT_SIZE
+        offset = index * self.slot_size
         pid, beat, started, requests = _HEAD.unpack_from(self.mem, offset)
         raw = bytes(self.mem[offset + _HEAD.size : offset + SLOT_SIZE])
-        return SlotView(pid, beat, started, requests, raw.split(b"\0", 1)[0].decode("latin-1"))
+        in_flight = []
+        for record in range(self.records):
+            since, text = _RECORD.unpack_from(self.mem, offset + SLOT_SIZE + record * _RECORD.size)
+            if since:
+                in_flight.append((since, text.split(b"\0", 1)[0].decode("latin-1")))
+        in_flight.sort()
+        return SlotView(pid, beat, started, requests, raw.split(b"\0", 1)[0].decode("latin-1"),
+                        in_flight)
 
     def writer(self, index: int) -> SlotWriter:
-        return SlotWriter(self.mem, index)
+        return SlotWriter(self.mem, index, self.slot_size, self.records)
 
     def peers(self, index: int) -> Peers:
         return Peers(self, index)
@@ -87,12 +109,14 @@ class Heartbeats:
 class SlotWriter:
     """Worker side: the only writer of one slot."""
 
-    __slots__ = ("mem", "offset", "requests")
+    __slots__ = ("mem", "offset", "requests", "records")
 
-    def __init__(self, mem: mmap.mmap, index: int) -> None:
+    def __init__(self, mem: mmap.mmap, index: int, slot_size: int = SLOT_SIZE,
+                 records: int = 0) -> None:
         self.mem = mem
-        self.offset = index * SLOT_SIZE
+        self.offset = index * slot_size
         self.requests = 0
+        self.records = records
 
     def booted(self, pid: int, now: float) -> None:
         """The app is loaded and the loop is about to serve: the master sees pid != 0."""
@@ -108,17 +132,35 @@ class SlotWriter:
         self.requests += 1
         _FINISHED.pack_into(self.mem, self.offset + 8, now, 0.0, self.requests)
 
+    # -- a threaded worker (forkserve.threads) --------------------------------
+    # Each pool thread writes only its own record; the loop thread writes the
+    # head (beat, saturation, count). No two threads write the same bytes.
+    def thread_started(self, record: int, now: float, text: bytes) -> None:
+        """Pool thread `record` runs a request from `now` (beyond the mapped records: not shown)."""
+        if record < self.records:
+            _RECORD.pack_into(self.mem, self.offset + SLOT_SIZE + record * _RECORD.size, now,
+                              text[: _RECORD_TEXT - 1])
+
+    def thread_finished(self, record: int) -> None:
+        if record < self.records:
+            _RECORD.pack_into(self.mem, self.offset + SLOT_SIZE + record * _RECORD.size, 0.0, b"")
+
+    def saturated(self, since: float, now: float) -> None:
+        """Loop thread: every pool thread busy since `since` (0.0 = one is free), and the count."""
+        _FINISHED.pack_into(self.mem, self.offset + 8, now, since, self.requests)
+
 
 class Peers:
     """Worker side: publish this worker's connection count, read the others'."""
 
-    __slots__ = ("mem", "loads", "index", "offset", "table")
+    __slots__ = ("mem", "loads", "index", "offset", "table", "slot_size")
 
     def __init__(self, heartbeats: Heartbeats, index: int) -> None:
         self.mem = heartbeats.mem
         self.loads = heartbeats.loads
         self.index = index
         self.offset = index * _LOAD.size
+        self.slot_size = heartbeats.slot_size
         self.table = struct.Struct(f"={heartbeats.slots}i")  # the whole table in one unpack
 
     def publish(self, connections: int) -> None:
@@ -134,7 +176,7 @@ class Peers:
         loads: tuple[int, ...] = self.table.unpack_from(self.loads)
         # Least loaded first: the first one that is really serving is the answer.
         for value, index in sorted((v, i) for i, v in enumerate(loads) if v and i != self.index):
-            _pid, beat, started, _requests = _HEAD.unpack_from(self.mem, index * SLOT_SIZE)
+            _pid, beat, started, _requests = _HEAD.unpack_from(self.mem, index * self.slot_size)
             if now - beat < PEER_STALE_S and not (started and now - started > PEER_BUSY_S):
                 return value - 1
         return None

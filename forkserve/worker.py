@@ -38,7 +38,7 @@ from typing import Any
 import setproctitle
 
 from forkserve import loader
-from forkserve.config import Config
+from forkserve.config import Config, threads_per_worker
 from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
@@ -164,7 +164,14 @@ class Worker:
         code: int = WorkerExit.OK
         loop: WorkerLoop | None = None
         try:
-            loop = WorkerLoop(self)
+            threads = threads_per_worker(self.cfg.worker_class, self.cfg.threads)
+            if threads > 1:
+                # Imported only where it serves: a sync worker loads no thread pool.
+                from forkserve.threads import ThreadedLoop
+
+                loop = ThreadedLoop(self, threads)
+            else:
+                loop = WorkerLoop(self)
             code = loop.serve()
         except AppLoadError as exc:
             self.report_boot_error(str(exc))
@@ -257,17 +264,19 @@ class _Hooks(RequestHooks):
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
         self.slot.request_finished(now)
-        if self.stats is not None:
-            self.stats.request_finished(environ["REQUEST_METHOD"], writer.status,
-                                        now - self.started_at)
-        if self.statsd is not None:
-            status = writer.status[:3]
-            self.statsd.request(int(status) if status.isdigit() else NO_RESPONSE,
-                                now - self.started_at)
+        self.count(environ, writer, now - self.started_at)
         if self.want_post:
             req = self.req or HookRequest.from_environ(environ)
             resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
             self.hooks.call("post_request", self.worker, req, environ, resp)
+
+    def count(self, environ: dict[str, Any], writer: ResponseWriter, seconds: float) -> None:
+        """--metrics-bind and --statsd-host: one answered request and its duration."""
+        if self.stats is not None:
+            self.stats.request_finished(environ["REQUEST_METHOD"], writer.status, seconds)
+        if self.statsd is not None:
+            status = writer.status[:3]
+            self.statsd.request(int(status) if status.isdigit() else NO_RESPONSE, seconds)
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """Run pre_request inside the app call, so its exception is that request's 500."""
@@ -291,7 +300,22 @@ class _Hooks(RequestHooks):
 
 
 class WorkerLoop:
-    """The serving loop of one worker process (post-fork only)."""
+    """The serving loop of one worker process (post-fork only).
+
+    This is the sync worker; forkserve.threads.ThreadedLoop extends it for
+    --threads above 1 and swaps in the thread-safe collaborators below.
+    """
+
+    # Past a complete request, accept() takes the rest of a burst and parks them
+    # unread: the handoff watcher moves them to an idle peer if that request is
+    # slow. A threaded worker has no watcher, and leaves them in the backlog.
+    parks_unread = True
+    hooks_class: type[_Hooks] = _Hooks
+    access_log_class: type[AccessLog] = AccessLog
+    error_stream_class: type[ErrorStream] = ErrorStream
+    refusal_log_class: type[RefusalLog] = RefusalLog
+    multithread = False  # wsgi.multithread: the app is called from one thread only
+    stats_writer_class: type[StatsWriter] = StatsWriter
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -299,9 +323,13 @@ class WorkerLoop:
         self.cfg = cfg
         self.master_pid = os.getppid()
         self.signals = SignalQueue(WORKER_SIGNALS)
+        # The master forked with its signals blocked (Arbiter.spawn): what came
+        # since is delivered now, to the queue above.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self.slot = worker.heartbeat.writer(worker.slot)
-        self.stats = worker.stats.writer(worker.slot) if worker.stats is not None else None
-        self.hooks = _Hooks(worker, self.slot, self.stats)
+        self.stats = (self.stats_writer_class(worker.stats.words, worker.slot)
+                      if worker.stats is not None else None)
+        self.hooks = self.hooks_class(worker, self.slot, self.stats)
         self.name = cfg.proc_name or cfg.app
         self.title_requests = -1
         self.title_at = 0.0
@@ -314,11 +342,11 @@ class WorkerLoop:
         self.ready: collections.deque[Connection] = collections.deque()
         self.settings = settings_from(cfg)
         self.request_id_key = environ_key(cfg.request_id_header) if cfg.request_id else None
-        self.access_log = AccessLog(cfg.access_logfile, cfg.access_logformat,
-                                    cfg.log_format == "json", self.request_id_key)
-        self.refusals = RefusalLog(self.access_log)
+        self.access_log = self.access_log_class(cfg.access_logfile, cfg.access_logformat,
+                                                cfg.log_format == "json", self.request_id_key)
+        self.refusals = self.refusal_log_class(self.access_log)
         self.settings.on_refused = self.report_refusal
-        self.errors = ErrorStream()
+        self.errors = self.error_stream_class()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
         self.handoff = worker.handoff if not cfg.certfile else None
@@ -340,6 +368,7 @@ class WorkerLoop:
         self.aside = False  # out of the accept queue: the listeners are not in the epoll set
         self.aside_since = 0.0
         self.newly_kept = False  # a connection was kept alive since balance() last looked
+        self.saturated_since = 0.0  # threaded: every thread busy since (0.0 = not; sync: never)
         self.fd_shortage = AcceptBackoff()  # out of the accept queue while short of descriptors
         self.listening = False  # the listeners are in the epoll set
         # A descriptor kept in reserve: when accept fails for want of one, it
@@ -382,7 +411,8 @@ class WorkerLoop:
             if not listener.is_unix:
                 # Responses go out in one write each: never hold them back (Nagle).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            base = self._facts(listener).base_environ(self.errors, FileWrapper)
+            base = self._facts(listener).base_environ(self.errors, FileWrapper,
+                                                      self.multithread)
             self.listen_socks[sock.fileno()] = (sock, base)
             self.bases.append(base)
         self._listen(True)
@@ -569,7 +599,7 @@ class WorkerLoop:
     def count_connections(self) -> None:
         """--metrics-bind: publish how many connections idle and how many are arriving."""
         idle = reading = 0
-        for conn in self.conns.values():
+        for conn in self.parked():  # (threaded: those on a thread are in progress, not here)
             if conn.state is State.IDLE or (conn.state is State.HEAD and not conn.buf
                                             and conn.requests):
                 idle += 1
@@ -600,6 +630,10 @@ class WorkerLoop:
             self.hooks.busy_since = 0.0
             self.running_fd = -1
             self.current = None
+        self.after_request(conn)
+
+    def after_request(self, conn: Connection) -> None:
+        """A request on `conn` was answered: count its connection as kept, place it, recycle?"""
         if conn.requests == 1 and conn.state not in (State.CLOSED, State.CLOSING):
             self.keep(conn)
         # Placed (or forgotten) before a recycle starts draining: draining
@@ -663,6 +697,8 @@ class WorkerLoop:
         listener, base = self.listen_socks[fd]
         have_ready = False
         for _ in range(batch):
+            if have_ready and not self.parks_unread:
+                break  # the rest stay in the backlog, for a peer with a free thread
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -702,9 +738,18 @@ class WorkerLoop:
             if state is State.READY and conn.keep_alive:
                 self.keep(conn)
             self._place(conn)
-            have_ready = state is State.READY and not self.draining
+            # A threaded worker with a free thread reads on: the next one runs too.
+            have_ready = state is State.READY and not self.draining and not self.has_room()
         if not self.draining:
             self.balance(now)
+
+    def has_room(self) -> bool:
+        """Could a request accepted now start at once? The sync worker's next one waits."""
+        return False
+
+    def parked(self) -> list[Connection]:
+        """The connections this loop may read, expire or close now (all, in a sync worker)."""
+        return list(self.conns.values())
 
     # -- balance between workers ------------------------------------------
     # With EPOLLEXCLUSIVE the kernel wakes the first waiting worker in the
@@ -749,6 +794,13 @@ class WorkerLoop:
         self.newly_kept = False
         if ahead and self.aside and now - self.aside_since >= BALANCE_MAX_ASIDE_S:
             ahead = False
+        # A threaded worker whose threads are all busy steps aside too, while
+        # some peer serves: what it accepts now would only wait for a thread.
+        # (Not capped: it is back as soon as a thread is free.)
+        if not ahead and self.saturated_since:
+            if fewest is None:
+                fewest = self.peers.fewest(now)
+            ahead = fewest is not None
         if ahead and not self.aside:
             self.aside_since = now
             log.debug("Worker %d steps out of the accept queue: %d kept-alive connections, "
@@ -884,7 +936,7 @@ class WorkerLoop:
 
     def evict(self, now: float) -> None:
         """At the connection cap: close the connection idle the longest."""
-        idle = [c for c in self.conns.values() if c.state in (State.IDLE, State.HEAD)]
+        idle = [c for c in self.parked() if c.state in (State.IDLE, State.HEAD)]
         if not idle:
             return
         victim = min(idle, key=lambda c: (c.state is not State.IDLE, c.last_active))
@@ -899,7 +951,7 @@ class WorkerLoop:
 
     def sweep(self, now: float) -> None:
         """Close connections past their deadline (idle, slow head, slow body, lingering)."""
-        for conn in [c for c in self.conns.values() if c.deadline <= now]:
+        for conn in [c for c in self.parked() if c.deadline <= now]:
             if conn.state in (State.READY,):
                 continue
             conn.expire(now)  # an idle one with a request just in is served instead
@@ -961,7 +1013,7 @@ class WorkerLoop:
         # accepted whose first bytes are still in flight (no TCP_DEFER_ACCEPT on
         # unix sockets) is a request on its way: it keeps its head deadline.
         last_chance = now + DRAIN_LAST_CHANCE_S
-        for conn in list(self.conns.values()):
+        for conn in self.parked():
             if conn.state is State.IDLE:
                 conn.on_readable(now)
                 if conn.state is State.IDLE:

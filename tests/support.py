@@ -27,6 +27,15 @@ BOOT_DEADLINE = 20.0
 # Not FORKSERVE_*: the servers inherit the environment, and forkserve refuses
 # FORKSERVE_ variables that are not settings.
 TEST_HTTP_ENV = "TEST_FORKSERVE_HTTP"
+# Run servers with the threaded worker: `--threads N` unless the test gave its
+# own worker choice. Set by the `worker_threads` fixture (tests/conftest.py),
+# which runs a whole module once more this way; 1 = the sync worker (the default).
+worker_threads = 1
+
+
+def threaded() -> bool:
+    """True while a module runs its --threads variant (the `worker_threads` fixture)."""
+    return worker_threads > 1
 
 
 class Server:
@@ -52,6 +61,8 @@ class Server:
         http = http or os.environ.get(TEST_HTTP_ENV) or None
         if http:
             self.args += ["--http", http]
+        if worker_threads > 1 and not {"--threads", "-k", "--worker-class"} & set(self.args):
+            self.args += ["--threads", str(worker_threads)]
         self.bind = list(bind) if bind is not None else []
         self.cwd = str(cwd) if cwd is not None else str(TESTS / "apps")
         self.env = dict(os.environ)

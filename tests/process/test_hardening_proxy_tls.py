@@ -26,7 +26,8 @@ import pytest
 from tests.conformance.replay import converse, read_responses, replay
 from tests.support import TESTS, Server, self_signed_certificate, serve
 
-pytestmark = pytest.mark.process
+# Every test twice: sync workers, then --threads 4 (tests/conftest.py).
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("worker_threads")]
 
 FORWARDED = (b"GET /f HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.7, 203.0.113.5\r\n"
              b"X-Forwarded-Proto: https\r\n\r\n")
@@ -109,7 +110,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tls_server(certificate: tuple[Path, Path]) -> Iterator[Server]:
+def tls_server(certificate: tuple[Path, Path], worker_threads: int) -> Iterator[Server]:
     certfile, keyfile = certificate
     with serve("hardening_apps:slow_clients", "--workers", "2", "--certfile", str(certfile),
                "--keyfile", str(keyfile), "--header-timeout", "1", wait_workers=2) as server:

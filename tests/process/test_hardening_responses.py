@@ -16,11 +16,12 @@ from hardening_apps import BAD_RESPONSES
 from tests.conformance.replay import replay
 from tests.support import Server, serve
 
-pytestmark = pytest.mark.process
+# Every test twice: sync workers, then --threads 4 (tests/conftest.py).
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("worker_threads")]
 
 
 @pytest.fixture(scope="module")
-def server(http_parser: str) -> Iterator[Server]:
+def server(http_parser: str, worker_threads: int) -> Iterator[Server]:
     with serve("hardening_apps:bad_responses", "--workers", "1", http=http_parser) as server:
         yield server
 

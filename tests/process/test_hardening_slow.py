@@ -29,14 +29,15 @@ import pytest
 
 from tests.support import Server, serve, status_of
 
-pytestmark = pytest.mark.process
+# Every test twice: sync workers, then --threads 4 (tests/conftest.py).
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("worker_threads")]
 
 DEADLINE = 2.0  # --header-timeout and --body-timeout of the trickle server
 TICK = 0.5  # seconds between trickled bytes
 
 
 @pytest.fixture(scope="module")
-def trickle_server(http_parser: str) -> Iterator[Server]:
+def trickle_server(http_parser: str, worker_threads: int) -> Iterator[Server]:
     with serve("hardening_apps:slow_clients", "--workers", "2",
                "--header-timeout", str(DEADLINE), "--body-timeout", str(DEADLINE),
                wait_workers=2, http=http_parser) as server:
@@ -119,7 +120,7 @@ def test_trickled_heads_and_bodies_hold_no_worker(trickle_server: Server) -> Non
 
 
 @pytest.fixture(scope="module")
-def idle_server() -> Iterator[Server]:
+def idle_server(worker_threads: int) -> Iterator[Server]:
     with serve("hardening_apps:slow_clients", "--workers", "2", "--worker-connections", "100",
                "--header-timeout", "60", "--keep-alive", "60", wait_workers=2) as server:
         yield server
@@ -185,7 +186,7 @@ def test_idle_connection_flood_is_bounded(idle_server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_worker() -> Iterator[Server]:
+def one_worker(worker_threads: int) -> Iterator[Server]:
     with serve("hardening_apps:slow_clients", "--workers", "1", "--write-timeout", "1",
                "--body-buffer-size", "100", "--body-timeout", "1.5", wait_workers=1) as server:
         yield server

@@ -21,9 +21,10 @@ from tests.process.lifecycle_support import (
     process_title,
     wait_until,
 )
-from tests.support import REPO, TESTS, Server, serve
+from tests.support import REPO, TESTS, Server, serve, threaded
 
-pytestmark = pytest.mark.process
+# Every test twice: sync workers, then --threads 4 (tests/conftest.py).
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("worker_threads")]
 
 APP = "lifecycle_apps:app"
 
@@ -38,6 +39,8 @@ def get(server: Server, path: str = "/pid") -> dict[str, object]:
 # -- timeouts -------------------------------------------------------------
 def test_timeout_answers_500_and_logs_every_python_stack_with_source_then_replaces_the_worker(
 ) -> None:
+    if threaded():
+        pytest.skip("a threaded worker times out its own requests: test_threads.py")
     with serve(APP, "--workers", "1", "--timeout", "1", wait_workers=1) as s:
         (worker,) = s.worker_pids()
         # Nothing of the response went out yet: a 500, not an empty reply.
@@ -64,12 +67,16 @@ def test_timeout_answers_500_and_logs_every_python_stack_with_source_then_replac
 
 
 def test_timeout_after_the_response_began_cuts_it_off() -> None:
-    with serve(APP, "--workers", "1", "--timeout", "1", wait_workers=1) as s:
+    # A threaded worker times the request out itself, then leaves once its
+    # --graceful-timeout is over, cutting off what is still running.
+    with serve(APP, "--workers", "1", "--timeout", "1", "--graceful-timeout", "1",
+               wait_workers=1) as s:
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             r = requests.get(s.url + "/stream-then-stuck", timeout=15, stream=True)
             assert r.status_code == 200  # the head went out before the app got stuck
             r.content  # noqa: B018 - reading the body is the point
-        s.wait_for_log(r"exited with ABORTED")
+        s.wait_for_log(r"exiting with 1 request\(s\) still running" if threaded()
+                       else r"exited with ABORTED")
 
 
 def test_timeout_of_a_worker_stuck_in_c_still_dumps_its_stack_then_kills_it() -> None:
@@ -292,7 +299,8 @@ def test_process_titles_show_role_app_generation_and_requests() -> None:
         (worker,) = s.worker_pids()
         for _ in range(3):
             get(s)
-        wait_until(lambda: process_title(worker) == "forkserve: worker [shop] gen 1 · 3 req",
+        want = "forkserve: worker [shop] gen 1 · 3 req" + (" · 0/4 busy" if threaded() else "")
+        wait_until(lambda: process_title(worker) == want,
                    what=f"worker title, got {process_title(worker)!r}")
         s.send_signal(signal.SIGHUP)
         s.wait_for_log(r"Reload complete: generation 2")

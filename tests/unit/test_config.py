@@ -334,3 +334,32 @@ def test_unrelated_invalid_pyproject_is_not_our_error(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.forkserve]\nworkers = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         find_config_file(None, str(tmp_path))
+
+
+def test_threads_and_worker_class_from_every_source(tmp_path: Path) -> None:
+    from forkserve.config import GTHREAD_DEFAULT_THREADS, threads_per_worker
+
+    cfg, origin = load({}, {"FORKSERVE_THREADS": "8"})
+    assert (cfg.threads, cfg.worker_class) == (8, "sync")
+    assert origin["threads"] == "env FORKSERVE_THREADS"
+    (tmp_path / "forkserve.toml").write_text('threads = 3\nworker-class = "gthread"\n')
+    where = find_config_file(None, str(tmp_path))
+    assert where is not None
+    cfg, _ = load({}, {}, file_layer(where, str(tmp_path)))
+    assert (cfg.threads, cfg.worker_class) == (3, "gthread")
+    cfg, _ = load({"worker_class": "GTHREAD"}, {})
+    assert threads_per_worker(cfg.worker_class, cfg.threads) == GTHREAD_DEFAULT_THREADS >= 2
+    assert threads_per_worker("gthread", 6) == 6
+    assert threads_per_worker("sync", 1) == 1
+    assert threads_per_worker("sync", 4) == 4  # --threads alone makes a worker threaded
+    with pytest.raises(ConfigError, match="at least|>= 1"):
+        load({"threads": "0"}, {})
+
+
+@pytest.mark.parametrize("name", ["gevent", "eventlet", "tornado", "uvicorn.workers.UvicornWorker"])
+def test_other_worker_classes_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"worker_class": name}, {})
+    message = str(info.value)
+    assert "forkserve has sync and gthread workers" in message and "docs/workers.md" in message
+    assert "\n" not in message

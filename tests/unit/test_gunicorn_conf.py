@@ -84,6 +84,8 @@ def test_realistic_config_maps_every_setting_with_an_equivalent(
     assert loaded(tmp_path, text) == {
         "bind": ["0.0.0.0:8000", "unix:/tmp/forkserve-test-app.sock"],
         "workers": multiprocessing.cpu_count() * 2 + 1,  # the computed value, not the formula
+        "worker_class": "gthread",
+        "threads": 4,
         "timeout": 60.0,
         "graceful_timeout": 20.0,
         "keepalive": 10.0,
@@ -106,13 +108,32 @@ def test_realistic_config_comments_what_has_no_equivalent(tmp_path: Path) -> Non
     text = convert(read_gunicorn_file(write(tmp_path, REALISTIC)))
     comments = [line for line in text.splitlines() if line.startswith("#")]
     said = "\n".join(comments)
-    for name, value in (("worker_class", "'gthread'"), ("threads", "4")):
-        assert f"# {name} = {value}\n#   threads inside a worker are not in forkserve yet " \
-               "(planned)" in said
+    assert "worker_class" not in said and "# threads" not in said  # both are converted
     assert "statsd" not in said  # both statsd settings are converted
     assert "# limit_request_line = 0\n#   0 means no limit in gunicorn" in said
     assert "#     DJANGO_SETTINGS_MODULE=mysite.settings" in said  # raw_env, to set elsewhere
     assert "helper" not in text
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("sync", "sync"),
+    ("gthread", "gthread"),
+    ("gunicorn.workers.gthread.ThreadWorker", "gthread"),
+    ("gunicorn.workers.sync.SyncWorker", "sync"),
+])
+def test_worker_classes_forkserve_has_are_converted(tmp_path: Path, value: str,
+                                                    expected: str) -> None:
+    text = convert(read_gunicorn_file(write(tmp_path, f"worker_class = {value!r}\n")))
+    assert loaded(tmp_path, text) == {"worker_class": expected}
+
+
+@pytest.mark.parametrize("value", ["gevent", "eventlet", "uvicorn.workers.UvicornWorker"])
+def test_async_worker_classes_become_a_comment_naming_the_two_forkserve_has(
+    tmp_path: Path, value: str
+) -> None:
+    text = convert(read_gunicorn_file(write(tmp_path, f"worker_class = {value!r}\n")))
+    assert loaded(tmp_path, text) == {}
+    assert f"# worker_class = {value!r}\n#   forkserve has sync and gthread workers" in text
 
 
 def test_statsd_settings_without_an_equivalent_say_why(tmp_path: Path) -> None:

@@ -86,3 +86,44 @@ def test_loads_do_not_touch_the_slots_the_master_reads(table: Heartbeats) -> Non
     writer.request_finished(now)
     assert table.read(2).requests == 1
     assert table.peers(0).fewest(now) == 123
+
+
+# -- a threaded worker's slot: one record per thread ---------------------------
+
+def test_thread_records_show_every_request_in_flight_oldest_first(table: Heartbeats) -> None:
+    from forkserve.arbiter import describe_activity
+
+    writer = table.writer(2)
+    writer.thread_started(3, 100.0, b"GET /late from 127.0.0.1:5")
+    writer.thread_started(0, 90.0, b"POST /early from 127.0.0.1:6")
+    view = table.read(2)
+    assert view.in_flight == [(90.0, "POST /early from 127.0.0.1:6"),
+                              (100.0, "GET /late from 127.0.0.1:5")]
+    assert table.read(1).in_flight == []  # the neighbours' slots are untouched
+    assert table.read(3).in_flight == []
+    line = describe_activity(view, 120.0, 31.0)
+    assert line == ("stuck serving POST /early from 127.0.0.1:6 for 30.0s; "
+                    "GET /late from 127.0.0.1:5 for 20.0s (no heartbeat for 31.0s)")
+    writer.thread_finished(0)
+    assert [text for _, text in table.read(2).in_flight] == ["GET /late from 127.0.0.1:5"]
+    table.reset(2, 0)
+    assert table.read(2).in_flight == []
+
+
+def test_threads_beyond_the_mapped_records_are_not_written() -> None:
+    beats = Heartbeats(2, records=2)
+    writer = beats.writer(0)
+    for record in range(4):
+        writer.thread_started(record, 1.0 + record, b"GET /%d" % record)
+    assert [text for _, text in beats.read(0).in_flight] == ["GET /0", "GET /1"]
+    assert beats.read(1).in_flight == []  # nothing spilled into the next slot
+
+
+def test_a_saturated_threaded_worker_counts_as_busy(table: Heartbeats) -> None:
+    now = time.monotonic()
+    table.peers(0).publish(9)
+    table.peers(1).publish(1)
+    table.writer(1).saturated(now - PEER_BUSY_S - 0.01, now)  # every thread busy
+    assert table.peers(0).fewest(now) is None
+    table.writer(1).saturated(0.0, now)  # one is free again
+    assert table.peers(0).fewest(now) == 1
