@@ -514,6 +514,18 @@ class WorkerLoop:
             except InterruptedError:
                 events = []
             now = time.monotonic()
+            if self.handoff is not None and events:
+                # What busy peers handed over has waited longest (at least
+                # HANDOFF_AFTER_S): served before this worker's own ready
+                # connections, whose requests came in since. Signals first, so
+                # that a TERM that came with them answers them with
+                # Connection: close.
+                handoff_fd = self.handoff.fileno()
+                if any(fd == handoff_fd for fd, _mask in events):
+                    if any(fd == self.signals.read_fd for fd, _mask in events):
+                        self.handle_signals()
+                    self.take_handed_off(now, app)
+                    now = time.monotonic()
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
@@ -530,8 +542,6 @@ class WorkerLoop:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
-                elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now, app)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -842,17 +852,20 @@ class WorkerLoop:
             conn.close()  # our copy only: the one in flight keeps the connection open
 
     def take_handed_off(self, now: float, app: Callable[..., Any]) -> None:
-        """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
+        """Serving loop: serve the connections busy peers handed over, one after another.
 
-        The first runs at once, in the order its wake-up came (epoll reports
-        the pair before requests that arrived after it): it has already waited
-        at least HANDOFF_AFTER_S behind a slow request. The others are parked
-        unread, so that they can move on again if this worker turns out busy
-        too. Taking all that wait (not one) matters when every worker was
-        busy: otherwise the queue would drain one connection per slow request.
+        Each is taken from the pair's queue only when this worker is free to
+        run it, and run at once: the queue is shared and first in, first out,
+        so what waits in it waits in arrival order and goes to whichever
+        worker is free first. Up to HANDOFF_TAKE per wake-up, then this
+        worker's own connections get their turn.
+
+        (Taking several at once and parking all but one here, unread, made
+        them wait for this worker's next request and then go round the queue
+        again, behind fresher ones: under saturation a request could wait
+        seconds while later ones ran; issue 11's tail.)
         """
         assert self.handoff is not None
-        have_ready = False
         for _ in range(HANDOFF_TAKE):
             got = self.handoff.receive()
             if got is None:
@@ -869,14 +882,10 @@ class WorkerLoop:
                 conn.state = State.IDLE  # between requests, as it was in the other worker
                 conn.deadline = now + self.settings.keepalive
                 self.keep(conn)
-            if have_ready:
-                # As in accept: one runs next, the rest wait unread, movable again.
-                self._place(conn)
-                continue
             state = conn.on_readable(now)
             if state is State.READY:
-                have_ready = True
                 self.run(conn, app)
+                now = time.monotonic()
             elif state is State.CLOSED:
                 self._forget(conn)
             else:
