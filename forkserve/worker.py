@@ -322,6 +322,10 @@ class WorkerLoop:
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
         self.handoff = worker.handoff if not cfg.certfile else None
+        # The event epoll reports when busy peers have handed connections over
+        # (the serving loop looks for it first); never reported without a pair.
+        self.handoff_event = (self.handoff.fileno() if self.handoff is not None else -1,
+                              select.EPOLLIN)
         # Held by the serving loop except while a request runs: the handoff
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
@@ -514,19 +518,17 @@ class WorkerLoop:
             except InterruptedError:
                 events = []
             now = time.monotonic()
-            if self.handoff is not None and events:
+            if self.handoff_event in events:  # a C-level scan: no cost per request
                 # What busy peers handed over has waited longest (at least
                 # HANDOFF_AFTER_S): served before this worker's own ready
                 # connections, whose requests came in since. Signals first, so
                 # that a TERM that came with them answers them with
                 # Connection: close.
-                handoff_fd = self.handoff.fileno()
-                if any(fd == handoff_fd for fd, _mask in events):
-                    if any(fd == self.signals.read_fd for fd, _mask in events):
-                        self.handle_signals()
-                    self.take_handed_off(now, app)
-                    now = time.monotonic()
-            for fd, _mask in events:
+                if any(fd == self.signals.read_fd for fd, _mask in events):
+                    self.handle_signals()
+                self.take_handed_off(now, app)
+                now = time.monotonic()
+            for fd, mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
                     # Read just before it runs, not all up front: while one
@@ -542,6 +544,8 @@ class WorkerLoop:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
+                elif fd == self.handoff_event[0] and mask != select.EPOLLIN:
+                    self.take_handed_off(now, app)  # another flag with it: not taken above
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
