@@ -322,10 +322,6 @@ class WorkerLoop:
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
         self.handoff = worker.handoff if not cfg.certfile else None
-        # The event epoll reports when busy peers have handed connections over
-        # (the serving loop looks for it first); never reported without a pair.
-        self.handoff_event = (self.handoff.fileno() if self.handoff is not None else -1,
-                              select.EPOLLIN)
         # Held by the serving loop except while a request runs: the handoff
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
@@ -518,17 +514,7 @@ class WorkerLoop:
             except InterruptedError:
                 events = []
             now = time.monotonic()
-            if self.handoff_event in events:  # a C-level scan: no cost per request
-                # What busy peers handed over has waited longest (at least
-                # HANDOFF_AFTER_S): served before this worker's own ready
-                # connections, whose requests came in since. Signals first, so
-                # that a TERM that came with them answers them with
-                # Connection: close.
-                if any(fd == self.signals.read_fd for fd, _mask in events):
-                    self.handle_signals()
-                self.take_handed_off(now, app)
-                now = time.monotonic()
-            for fd, mask in events:
+            for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
                     # Read just before it runs, not all up front: while one
@@ -544,8 +530,8 @@ class WorkerLoop:
                     self.accept(fd, now)
                 elif fd == self.signals.read_fd:
                     self.handle_signals()
-                elif fd == self.handoff_event[0] and mask != select.EPOLLIN:
-                    self.take_handed_off(now, app)  # another flag with it: not taken above
+                elif self.handoff is not None and fd == self.handoff.fileno():
+                    self.take_handed_off(now, app)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -861,8 +847,8 @@ class WorkerLoop:
         Each is taken from the pair's queue only when this worker is free to
         run it, and run at once: the queue is shared and first in, first out,
         so what waits in it waits in arrival order and goes to whichever
-        worker is free first. Up to HANDOFF_TAKE per wake-up, then this
-        worker's own connections get their turn.
+        worker is free first. Up to HANDOFF_TAKE per wake-up, then the rest
+        of this pass's events get their turn.
 
         (Taking several at once and parking all but one here, unread, made
         them wait for this worker's next request and then go round the queue
