@@ -894,17 +894,20 @@ class WorkerLoop:
             conn.close()  # our copy only: the one in flight keeps the connection open
 
     def take_handed_off(self, now: float, app: Callable[..., Any]) -> None:
-        """Serving loop: take the connections busy peers handed over (up to HANDOFF_TAKE).
+        """Serving loop: serve the connections busy peers handed over, one after another.
 
-        The first runs at once, in the order its wake-up came (epoll reports
-        the pair before requests that arrived after it): it has already waited
-        at least HANDOFF_AFTER_S behind a slow request. The others are parked
-        unread, so that they can move on again if this worker turns out busy
-        too. Taking all that wait (not one) matters when every worker was
-        busy: otherwise the queue would drain one connection per slow request.
+        Each is taken from the pair's queue only when this worker is free to
+        run it, and run at once: the queue is shared and first in, first out,
+        so what waits in it waits in arrival order and goes to whichever
+        worker is free first. Up to HANDOFF_TAKE per wake-up, then the rest
+        of this pass's events get their turn.
+
+        (Taking several at once and parking all but one here, unread, made
+        them wait for this worker's next request and then go round the queue
+        again, behind fresher ones: under saturation a request could wait
+        seconds while later ones ran; issue 11's tail.)
         """
         assert self.handoff is not None
-        have_ready = False
         for _ in range(HANDOFF_TAKE):
             got = self.handoff.receive()
             if got is None:
@@ -921,14 +924,10 @@ class WorkerLoop:
                 conn.state = State.IDLE  # between requests, as it was in the other worker
                 conn.deadline = now + self.settings.keepalive
                 self.keep(conn)
-            if have_ready:
-                # As in accept: one runs next, the rest wait unread, movable again.
-                self._place(conn)
-                continue
             state = conn.on_readable(now)
             if state is State.READY:
-                have_ready = True
                 self.run(conn, app)
+                now = time.monotonic()
             elif state is State.CLOSED:
                 self._forget(conn)
             else:

@@ -502,3 +502,20 @@ def test_a_worker_busy_in_the_app_does_not_absorb_new_connections() -> None:
             assert r.status_code == 200 and time.monotonic() - t0 < 1.0
         t.join(10)
         assert slow["pid"] != r.json()["pid"]
+
+
+def test_under_saturation_no_keepalive_client_waits_far_beyond_its_turn() -> None:
+    # Every worker busy: two workers, thirty keep-alive clients looping on a
+    # 50 ms request. Served in arrival order, each waits for the twenty-nine
+    # others on two workers, about 0.75 s (measured with the fix: 0.77-0.80 s
+    # worst). A connection handed from one busy worker to another and parked
+    # there unread went round the handoff queue again and again while fresher
+    # requests ran: 2.0-3.1 s worst before the fix. The bound is generous.
+    with serve("core_apps:app", "--workers", "2", wait_workers=2) as s:
+        with FastLoops(s.url + "/slow?0.05", clients=30) as loops:
+            time.sleep(0.5)
+            since = time.monotonic()
+            time.sleep(3.0)
+        worst = loops.worst_since(since)
+        assert worst < 1.6, worst
+        assert loops.failures == [], loops.failures[:5]
