@@ -242,12 +242,11 @@ class AccessLog:
 
             self.dumps = json.dumps
         self.sink: LineSink | None = None
+        # Read twice per request, so a plain attribute rather than a property;
+        # reopen() keeps it equal to `self.sink is not None`.
+        self.enabled = False
         self.losses = LossCounter(f"access log {path}", log.error)
         self.reopen()
-
-    @property
-    def enabled(self) -> bool:
-        return self.sink is not None
 
     def reopen(self) -> None:
         """Open the log (at boot and on USR1); never raises.
@@ -267,6 +266,8 @@ class AccessLog:
             log.error("Cannot open the access log %s (%s); writing it to %s", self.path,
                       exc.strerror, "the old file" if old is not None else "stderr")
             return
+        finally:
+            self.enabled = self.sink is not None
         if old is not None:
             old.close()
 

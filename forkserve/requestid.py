@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from forkserve.wsgi import StartResponse
+
 WSGIApp = Callable[..., Iterable[bytes]]
 
 MAX_LENGTH = 128
@@ -68,6 +70,11 @@ def with_request_id(app: WSGIApp, header: str, ids: IdSource) -> WSGIApp:
         given = environ.get(key)
         if given is None or not sane(given):
             environ[key] = given = new()
+        if type(start_response) is StartResponse:
+            # forkserve's own start_response (this layer is outermost): the
+            # response writer adds the header, with no wrapper per request.
+            start_response.extra_header = (header, lowered, given)
+            return app(environ, start_response)
 
         def start_with_id(status: str, headers: list[tuple[str, str]],
                           exc_info: Any = None) -> Callable[[bytes], Any]:

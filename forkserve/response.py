@@ -153,6 +153,16 @@ class ResponseWriter:
             raise ResponseError("the app returned without calling start_response")
         code = start.code
         headers = list(start.headers)
+        extra = start.extra_header
+        if extra is not None:
+            # The app's own header wins (it may forward an upstream id on purpose).
+            name, lowered, value = extra
+            size = len(name)
+            for own, _ in headers:
+                if len(own) == size and own.lower() == lowered:
+                    break
+            else:
+                headers.append((name, value))
         no_body = self.head_only or code in (204, 304)
         length = start.content_length
         if start.close:

@@ -134,6 +134,7 @@ class StartResponse:
         "has_date",
         "has_server",
         "headers_sent",
+        "extra_header",
         "_write",
     )
 
@@ -145,6 +146,11 @@ class StartResponse:
         self.content_length: int | None = None
         self.has_date = self.has_server = False
         self.headers_sent = False
+        # (name, lowercase name, value) the response writer adds unless the
+        # app sent that header itself: set by the request-id layer, which
+        # would otherwise wrap start_response and have its header validated
+        # again on every request (it made or checked the value itself).
+        self.extra_header: tuple[str, str, str] | None = None
         self._write = write
 
     def __call__(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forkserve.config import load
 from forkserve.errors import ConfigError
+from forkserve.inprocess import process_request_bytes
 from forkserve.log import access_record
 from forkserve.metrics import ForkserveCollector, Snapshot
-from forkserve.requestid import IdSource, environ_key
+from forkserve.requestid import IdSource, environ_key, with_request_id
 from forkserve.stats import BUCKETS, REQUEST_PAIR_COUNT, StatsTable, Totals, key_labels
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,6 +156,54 @@ def test_generated_request_ids_are_uuid4_hex_and_unique() -> None:
         assert len(rid) == 32 and uuid.UUID(hex=rid).version == 4
         assert uuid.UUID(hex=rid).variant == uuid.RFC_4122
     assert environ_key("X-Correlation-ID") == "HTTP_X_CORRELATION_ID"
+
+
+def _id_headers(response: bytes) -> list[bytes]:
+    head = response.split(b"\r\n\r\n", 1)[0]
+    return [line for line in head.split(b"\r\n") if line.lower().startswith(b"x-request-id:")]
+
+
+def test_the_writer_adds_the_request_id_unless_the_app_sent_its_own() -> None:
+    # The id header is added by the response writer (no start_response
+    # wrapper per request): once, with the environ's id, and never beside
+    # the app's own, also when the app replaces its head with exc_info.
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        seen.append(environ["HTTP_X_REQUEST_ID"])
+        own = [("X-Request-Id", "upstream-7")] if environ["PATH_INFO"] == "/own" else []
+        start_response("200 OK", [("Content-Type", "text/plain")] + own)
+        if environ["PATH_INFO"] == "/replace":
+            try:
+                raise ValueError("late")
+            except ValueError:
+                start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"x"]
+
+    seen: list[object] = []
+    wrapped = with_request_id(app, "X-Request-ID", IdSource())
+    head = b" HTTP/1.1\r\nHost: a\r\n"
+    out = process_request_bytes(wrapped, b"GET /" + head + b"\r\n")
+    assert _id_headers(out) == [b"X-Request-ID: " + str(seen[-1]).encode()]
+    out = process_request_bytes(wrapped, b"GET /kept" + head + b"X-Request-ID: abc-1\r\n\r\n")
+    assert _id_headers(out) == [b"X-Request-ID: abc-1"] and seen[-1] == "abc-1"
+    out = process_request_bytes(wrapped, b"GET /own" + head + b"\r\n")
+    assert _id_headers(out) == [b"X-Request-Id: upstream-7"]
+    out = process_request_bytes(wrapped, b"GET /replace" + head + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 500 ")
+    assert _id_headers(out) == [b"X-Request-ID: " + str(seen[-1]).encode()]
+
+
+def test_the_request_id_reaches_a_start_response_not_forkserves() -> None:
+    # Called by something other than forkserve's connection (a test harness,
+    # an embedding server), the layer still puts the id in the response.
+    got: list[list[tuple[str, str]]] = []
+
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x"]
+
+    wrapped = with_request_id(app, "X-Request-ID", IdSource())
+    wrapped({}, lambda status, headers, exc_info=None: got.append(headers))
+    assert [n for n, _ in got[0]] == ["Content-Type", "X-Request-ID"]
 
 
 def test_json_access_records_hold_hostile_values_as_sent() -> None:

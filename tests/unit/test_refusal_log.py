@@ -34,3 +34,14 @@ def test_reasons_are_rate_limited_and_the_rest_counted(
     lines = open(path).read().splitlines()
     assert len(lines) == RefusalLog.PER_SECOND + 6  # every refusal, logged or not at info
     assert lines[0] == '"-" 400 16' and lines[-1] == '"GET /x HTTP/1.1" 400 16'
+
+
+def test_enabled_follows_whether_lines_have_somewhere_to_go(tmp_path: object) -> None:
+    # `enabled` is a plain attribute (read twice per request): it must be
+    # set wherever the sink is, including the fall-back to stderr at boot.
+    assert not AccessLog(None, "%(s)s").enabled and not AccessLog("", "%(s)s").enabled
+    assert AccessLog(f"{tmp_path}/access.log", "%(s)s").enabled
+    unopenable = AccessLog(f"{tmp_path}/no/such/dir/access.log", "%(s)s")
+    assert unopenable.enabled and unopenable.sink is not None
+    unopenable.reopen()  # still unopenable: stderr stays in use
+    assert unopenable.enabled
