@@ -76,6 +76,14 @@ ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before S
 # After TIMEOUT_SIGNAL, a worker still there this long is stuck where Python
 # cannot run: SIGABRT makes faulthandler dump its stacks from C.
 ABORT_DUMP_AFTER = 1.0
+# An idle worker (no request running) beats every worker.TICK (0.25 s) from
+# its event loop. One silent this long while idle is frozen (SIGSTOP, a
+# debugger, swapped out, blocked outside the app) and its parked keep-alive
+# connections wait for nobody: the master kills it then rather than at
+# --timeout. Twelve missed beats: far beyond a loaded box's scheduling delay
+# or a full garbage collection, well under --timeout's default 30 s. A worker
+# in a request stays --timeout's business (a slow app is not frozen).
+IDLE_STALE_S = 3.0
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -675,6 +683,24 @@ class Arbiter:
                                  worker.pid, describe_activity(view, now, silent))
                     worker.restart_reason = "timeout"
                     self.abort(worker)
+                elif (silent > IDLE_STALE_S and not view.request_started
+                      and not view.in_flight):
+                    self.kill_frozen(worker, silent)
+
+    def kill_frozen(self, worker: Worker, silent: float) -> None:
+        """Master: an idle worker stopped beating; its parked clients must not wait for it.
+
+        SIGKILL at once (a stopped process would not run a dump handler): the
+        kernel closes its connections, its keep-alive clients reconnect to
+        a live worker, and manage_workers starts a replacement.
+        """
+        how = "stopped (SIGSTOP or a debugger)" if process_stopped(worker.pid) else "frozen"
+        log.critical("WORKER FROZEN (pid:%d) %s, idle but silent for %.1fs; killing it so "
+                     "its keep-alive clients reconnect to a live worker",
+                     worker.pid, how, silent)
+        worker.restart_reason = "timeout"
+        worker.state = WorkerState.KILLED
+        self.kill(worker.pid, signal.SIGKILL)
 
     def check_recycling(self, now: float) -> None:
         """Mark at most one worker for replacement at a time, so recycles spread out."""
@@ -885,6 +911,16 @@ def describe_activity(view: SlotView, now: float, silent: float) -> str:
         return (f"stuck serving {view.request} for {now - view.request_started:.1f}s "
                 f"(no heartbeat for {silent:.1f}s)")
     return f"idle but silent for {silent:.1f}s"
+
+
+def process_stopped(pid: int) -> bool:
+    """True when `pid` is in a stopped or traced state (/proc/PID/stat: T or t)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"T", b"t")
 
 
 def rss_mib(pid: int) -> float:
