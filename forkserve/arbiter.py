@@ -81,9 +81,14 @@ ABORT_DUMP_AFTER = 1.0
 # debugger, swapped out, blocked outside the app) and its parked keep-alive
 # connections wait for nobody: the master kills it then rather than at
 # --timeout. Twelve missed beats: far beyond a loaded box's scheduling delay
-# or a full garbage collection, well under --timeout's default 30 s. A worker
-# in a request stays --timeout's business (a slow app is not frozen).
+# or a full garbage collection, well under --timeout's default 30 s. In a
+# request a worker does not beat, and a slow app is not frozen: that stays
+# --timeout's business, unless the kernel shows the worker stopped by a
+# signal (SIGSTOP: state T), which runs no app either. A ptrace stop (t: a
+# debugger at a breakpoint in the app) is left to --timeout.
 IDLE_STALE_S = 3.0
+STOPPED = "T"  # /proc/PID/stat state: stopped by a signal (SIGSTOP, SIGTSTP)
+TRACED = "t"  # stopped under ptrace (a debugger)
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -683,8 +688,9 @@ class Arbiter:
                                  worker.pid, describe_activity(view, now, silent))
                     worker.restart_reason = "timeout"
                     self.abort(worker)
-                elif (silent > IDLE_STALE_S and not view.request_started
-                      and not view.in_flight):
+                elif silent > IDLE_STALE_S and (
+                        not (view.request_started or view.in_flight)
+                        or process_state(worker.pid) == STOPPED):
                     self.kill_frozen(worker, silent)
 
     def kill_frozen(self, worker: Worker, silent: float) -> None:
@@ -694,8 +700,9 @@ class Arbiter:
         kernel closes its connections, its keep-alive clients reconnect to
         a live worker, and manage_workers starts a replacement.
         """
-        how = "stopped (SIGSTOP or a debugger)" if process_stopped(worker.pid) else "frozen"
-        log.critical("WORKER FROZEN (pid:%d) %s, idle but silent for %.1fs; killing it so "
+        how = {STOPPED: "stopped (SIGSTOP)", TRACED: "stopped by a debugger"}.get(
+            process_state(worker.pid), "frozen")
+        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it so "
                      "its keep-alive clients reconnect to a live worker",
                      worker.pid, how, silent)
         worker.restart_reason = "timeout"
@@ -913,14 +920,15 @@ def describe_activity(view: SlotView, now: float, silent: float) -> str:
     return f"idle but silent for {silent:.1f}s"
 
 
-def process_stopped(pid: int) -> bool:
-    """True when `pid` is in a stopped or traced state (/proc/PID/stat: T or t)."""
+def process_state(pid: int) -> str:
+    """`pid`'s state letter from /proc/PID/stat (STOPPED, TRACED, "R", "S"...); "" if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"T", b"t")
+        return ""
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3].decode("ascii", "replace")
 
 
 def rss_mib(pid: int) -> float:

@@ -543,13 +543,19 @@ def answer_with_reconnect(sock: socket.socket, address: tuple[str, int],
         return json.loads(body)["pid"], True
 
 
-def test_a_stopped_worker_holds_only_its_own_connections_not_for_long() -> None:
-    # A SIGSTOPped worker (or one frozen otherwise) serves nothing, and its
-    # parked keep-alive connections used to wait for --timeout (30 s) to kill
-    # it. An idle worker beats every 0.25 s: the master sees within a few
-    # seconds that it stopped and kills it; its clients see their connection
-    # close, reconnect, and are answered by a live worker (issue 11).
-    with serve(APP, "--workers", "2", "--timeout", "30", wait_workers=2) as s:
+@pytest.mark.parametrize(("threads", "moment"), [("1", "idle"), ("4", "idle"),
+                                                  ("1", "in_request")])
+def test_a_stopped_worker_holds_only_its_own_connections_not_for_long(
+        threads: str, moment: str) -> None:
+    # A SIGSTOPped worker serves nothing, and its parked keep-alive
+    # connections used to wait for --timeout (30 s) to kill it. An idle
+    # worker beats every 0.25 s, and the kernel shows a stopped one in state
+    # T: the master sees within a few seconds that it stopped and kills it;
+    # its clients see their connection close, reconnect, and are answered by
+    # a live worker (issue 11). Stopped in a request, that request is lost
+    # with it (it was lost at --timeout before).
+    with serve(APP, "--workers", "2", "--threads", threads, "--timeout", "30",
+               wait_workers=2) as s:
         by_pid: dict[int, list[socket.socket]] = {}
         socks = []
         stopped = 0
@@ -561,10 +567,14 @@ def test_a_stopped_worker_holds_only_its_own_connections_not_for_long() -> None:
                 _head, body, _ = read_response(sock)
                 by_pid.setdefault(json.loads(body)["pid"], []).append(sock)
             stopped = max(by_pid, key=lambda pid: len(by_pid[pid]))
+            parked = list(by_pid[stopped])
+            if moment == "in_request":
+                parked.pop().sendall(b"GET /slow?20 HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(0.5)  # idle: its loop has beaten since; in_request: the app runs
             os.kill(stopped, signal.SIGSTOP)
             t0 = time.monotonic()
             deadline = t0 + 8.0  # well under --timeout 30
-            for sock in by_pid[stopped]:
+            for sock in parked:
                 pid, reconnected = answer_with_reconnect(sock, s.address, deadline)
                 assert pid != stopped and reconnected
             assert time.monotonic() - t0 < 8.0
@@ -574,7 +584,7 @@ def test_a_stopped_worker_holds_only_its_own_connections_not_for_long() -> None:
                     assert answer_with_reconnect(sock, s.address, deadline) == (pid, False)
             wait_until(lambda: len(s.worker_pids()) == 2 and stopped not in s.worker_pids(),
                        what="a replacement for the stopped worker")
-            assert "WORKER FROZEN" in s.log
+            assert f"WORKER FROZEN (pid:{stopped}) stopped (SIGSTOP)" in s.log
         finally:
             if stopped and alive(stopped):
                 os.kill(stopped, signal.SIGKILL)  # leaves no stopped process behind
