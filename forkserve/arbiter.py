@@ -694,7 +694,9 @@ class Arbiter:
                     self.kill_frozen(worker, silent)
 
     def kill_frozen(self, worker: Worker, silent: float) -> None:
-        """Master: an idle worker stopped beating; its parked clients must not wait for it.
+        """Master: an idle worker stopped beating, or the kernel shows it stopped.
+
+        Its parked keep-alive clients must not wait for it until --timeout.
 
         SIGKILL at once (a stopped process would not run a dump handler): the
         kernel closes its connections, its keep-alive clients reconnect to
