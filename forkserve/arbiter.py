@@ -76,6 +76,19 @@ ABORT_GRACE = 2.0  # seconds a timed-out worker gets to dump its stacks before S
 # After TIMEOUT_SIGNAL, a worker still there this long is stuck where Python
 # cannot run: SIGABRT makes faulthandler dump its stacks from C.
 ABORT_DUMP_AFTER = 1.0
+# An idle worker (no request running) beats every worker.TICK (0.25 s) from
+# its event loop. One silent this long while idle is frozen (SIGSTOP, a
+# debugger, swapped out, blocked outside the app) and its parked keep-alive
+# connections wait for nobody: the master kills it then rather than at
+# --timeout. Twelve missed beats: far beyond a loaded box's scheduling delay
+# or a full garbage collection, well under --timeout's default 30 s. In a
+# request a worker does not beat, and a slow app is not frozen: that stays
+# --timeout's business, unless the kernel shows the worker stopped by a
+# signal (SIGSTOP: state T), which runs no app either. A ptrace stop (t: a
+# debugger at a breakpoint in the app) is left to --timeout.
+IDLE_STALE_S = 3.0
+STOPPED = "T"  # /proc/PID/stat state: stopped by a signal (SIGSTOP, SIGTSTP)
+TRACED = "t"  # stopped under ptrace (a debugger)
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
@@ -675,6 +688,28 @@ class Arbiter:
                                  worker.pid, describe_activity(view, now, silent))
                     worker.restart_reason = "timeout"
                     self.abort(worker)
+                elif silent > IDLE_STALE_S and (
+                        not (view.request_started or view.in_flight)
+                        or process_state(worker.pid) == STOPPED):
+                    self.kill_frozen(worker, silent)
+
+    def kill_frozen(self, worker: Worker, silent: float) -> None:
+        """Master: an idle worker stopped beating, or the kernel shows it stopped.
+
+        Its parked keep-alive clients must not wait for it until --timeout.
+
+        SIGKILL at once (a stopped process would not run a dump handler): the
+        kernel closes its connections, its keep-alive clients reconnect to
+        a live worker, and manage_workers starts a replacement.
+        """
+        how = {STOPPED: "stopped (SIGSTOP)", TRACED: "stopped by a debugger"}.get(
+            process_state(worker.pid), "frozen")
+        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it so "
+                     "its keep-alive clients reconnect to a live worker",
+                     worker.pid, how, silent)
+        worker.restart_reason = "timeout"
+        worker.state = WorkerState.KILLED
+        self.kill(worker.pid, signal.SIGKILL)
 
     def check_recycling(self, now: float) -> None:
         """Mark at most one worker for replacement at a time, so recycles spread out."""
@@ -885,6 +920,17 @@ def describe_activity(view: SlotView, now: float, silent: float) -> str:
         return (f"stuck serving {view.request} for {now - view.request_started:.1f}s "
                 f"(no heartbeat for {silent:.1f}s)")
     return f"idle but silent for {silent:.1f}s"
+
+
+def process_state(pid: int) -> str:
+    """`pid`'s state letter from /proc/PID/stat (STOPPED, TRACED, "R", "S"...); "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3].decode("ascii", "replace")
 
 
 def rss_mib(pid: int) -> float:

@@ -263,12 +263,16 @@ class _Hooks(RequestHooks):
         self.started_at = now
 
     def finished(self, environ: dict[str, Any], writer: ResponseWriter, now: float) -> None:
-        self.slot.request_finished(now)
         self.count(environ, writer, now - self.started_at)
-        if self.want_post:
-            req = self.req or HookRequest.from_environ(environ)
-            resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
-            self.hooks.call("post_request", self.worker, req, environ, resp)
+        try:
+            if self.want_post:
+                req = self.req or HookRequest.from_environ(environ)
+                resp = HookResponse(writer.status_line(), list(writer.sent_headers), writer.sent)
+                self.hooks.call("post_request", self.worker, req, environ, resp)
+        finally:
+            # Idle (and beating) only after post_request: a slow hook is part
+            # of the request for the master (--timeout), not a frozen worker.
+            self.slot.request_finished(time.monotonic())
 
     def count(self, environ: dict[str, Any], writer: ResponseWriter, seconds: float) -> None:
         """--metrics-bind and --statsd-host: one answered request and its duration."""

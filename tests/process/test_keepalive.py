@@ -519,3 +519,74 @@ def test_under_saturation_no_keepalive_client_waits_far_beyond_its_turn() -> Non
         worst = loops.worst_since(since)
         assert worst < 1.6, worst
         assert loops.failures == [], loops.failures[:5]
+
+
+def answer_with_reconnect(sock: socket.socket, address: tuple[str, int],
+                          deadline: float) -> tuple[int, bool]:
+    """GET on a parked connection; on a reset or EOF, retry on a new one (RFC 9112 §9.3.1).
+
+    (the pid that answered, whether it took a new connection). Raises
+    TimeoutError when nothing answers by `deadline`.
+    """
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        sock.sendall(GET)
+        _head, body, _ = read_response(sock)
+        return json.loads(body)["pid"], False
+    except (ConnectionError, BrokenPipeError):
+        pass  # its worker was killed: the kernel closed the connection
+    finally:
+        sock.close()
+    with socket.create_connection(address, timeout=max(0.1, deadline - time.monotonic())) as new:
+        new.sendall(GET)
+        _head, body, _ = read_response(new)
+        return json.loads(body)["pid"], True
+
+
+@pytest.mark.parametrize(("threads", "moment"), [("1", "idle"), ("4", "idle"),
+                                                  ("1", "in_request")])
+def test_a_stopped_worker_holds_only_its_own_connections_not_for_long(
+        threads: str, moment: str) -> None:
+    # A SIGSTOPped worker serves nothing, and its parked keep-alive
+    # connections used to wait for --timeout (30 s) to kill it. An idle
+    # worker beats every 0.25 s, and the kernel shows a stopped one in state
+    # T: the master sees within a few seconds that it stopped and kills it;
+    # its clients see their connection close, reconnect, and are answered by
+    # a live worker (issue 11). Stopped in a request, that request is lost
+    # with it (it was lost at --timeout before).
+    with serve(APP, "--workers", "2", "--threads", threads, "--timeout", "30",
+               wait_workers=2) as s:
+        by_pid: dict[int, list[socket.socket]] = {}
+        socks = []
+        stopped = 0
+        try:
+            for _ in range(8):
+                sock = socket.create_connection(s.address, timeout=10)
+                socks.append(sock)
+                sock.sendall(GET)
+                _head, body, _ = read_response(sock)
+                by_pid.setdefault(json.loads(body)["pid"], []).append(sock)
+            stopped = max(by_pid, key=lambda pid: len(by_pid[pid]))
+            parked = list(by_pid[stopped])
+            if moment == "in_request":
+                parked.pop().sendall(b"GET /slow?20 HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(0.5)  # idle: its loop has beaten since; in_request: the app runs
+            os.kill(stopped, signal.SIGSTOP)
+            t0 = time.monotonic()
+            deadline = t0 + 8.0  # well under --timeout 30
+            for sock in parked:
+                pid, reconnected = answer_with_reconnect(sock, s.address, deadline)
+                assert pid != stopped and reconnected
+            assert time.monotonic() - t0 < 8.0
+            # The others kept their connection, and a replacement took its place.
+            for pid, kept in by_pid.items():
+                for sock in kept if pid != stopped else []:
+                    assert answer_with_reconnect(sock, s.address, deadline) == (pid, False)
+            wait_until(lambda: len(s.worker_pids()) == 2 and stopped not in s.worker_pids(),
+                       what="a replacement for the stopped worker")
+            assert f"WORKER FROZEN (pid:{stopped}) stopped (SIGSTOP)" in s.log
+        finally:
+            if stopped and alive(stopped):
+                os.kill(stopped, signal.SIGKILL)  # leaves no stopped process behind
+            for sock in socks:
+                sock.close()
