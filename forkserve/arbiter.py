@@ -232,6 +232,10 @@ class Arbiter:
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         self.hooks.call("on_starting", self)
+        # Handlers before the first line a supervisor or a test may wait for:
+        # a TERM that follows "Listening at" must stop the server gracefully,
+        # not kill the master with the default action.
+        self.signals = SignalQueue(MASTER_SIGNALS)
         for listener in self.listeners:
             log.info("Listening at: %s (%d)", listener.url, self.pid)
         threads = threads_per_worker(self.cfg.worker_class, self.cfg.threads)
@@ -239,7 +243,6 @@ class Arbiter:
         # Also imports httptools when it serves: its pages are then shared by
         # every worker, like ssl's (share_common_modules).
         log.info("Using parser: %s", describe_parser(self.cfg.http))
-        self.signals = SignalQueue(MASTER_SIGNALS)
         self.start_observability()
         if self.cfg.reload:
             # Imported only here: it loads ctypes (and subprocess), ~10 ms of
