@@ -61,7 +61,6 @@ from forkserve.response import ResponseWriter
 from forkserve.stats import StatsWriter
 from forkserve.worker import (
     DRAIN_LAST_CHANCE_S,
-    TICK,
     TITLE_INTERVAL,
     Worker,
     WorkerLoop,
@@ -316,6 +315,9 @@ class ThreadedLoop(WorkerLoop):
             conn.deadline = min(conn.deadline, now + DRAIN_LAST_CHANCE_S)
 
     # -- the loop ------------------------------------------------------------
+    def on_tick(self, now: float) -> None:
+        self.check_timeouts(now)
+
     def serve(self) -> int:
         app = self.boot()
         self.epoll.register(self.wake_fd, select.EPOLLIN)
@@ -324,19 +326,12 @@ class ThreadedLoop(WorkerLoop):
         self.slot.booted(os.getpid(), time.monotonic())
         self.peers.publish(0)
         log.info("Booted worker with pid: %d (%d threads)", os.getpid(), self.threads)
-        next_tick = 0.0
+        self.next_tick = 0.0
         now = time.monotonic()
         while self.alive:
-            if self.ready and len(self.busy) < self.threads:
-                timeout = 0.0
-            elif self.aside:
-                timeout = min(TICK, max(0.0, self.recheck_at - now))
-            elif self.fd_shortage.paused:
-                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
-            else:
-                timeout = TICK
+            runnable = bool(self.ready) and len(self.busy) < self.threads
             try:
-                events = self.epoll.poll(timeout)
+                events = self.epoll.poll(self.poll_timeout(now, runnable))
             except InterruptedError:
                 events = []
             now = time.monotonic()
@@ -356,27 +351,8 @@ class ThreadedLoop(WorkerLoop):
             if self.ready:
                 self.dispatch(now)
             self.update_saturation(now)
-            if self.aside and now >= self.recheck_at:
-                self.balance(now)
-            if self.fd_shortage.paused and now >= self.fd_shortage.until:
-                self.fd_shortage.paused = False
-                self._listen(not self.aside)
-            if now >= next_tick:
-                next_tick = now + TICK
-                self.slot.beat(now)
-                self.sweep(now)
-                if self.stats is not None:
-                    self.count_connections()
-                if not self.aside:
-                    self.balance(now)
-                self.check_timeouts(now)
-                self.update_title(now)
-                if os.getppid() != self.master_pid:
-                    log.warning("Master %d is gone; worker %d exiting", self.master_pid,
-                                os.getpid())
-                    return WorkerExit.ORPHANED
-            if self.draining and (not self.conns or now >= self.drain_deadline):
-                self.alive = False
+            if self.housekeeping(now) is WorkerExit.ORPHANED:
+                return WorkerExit.ORPHANED
         self.peers.withdraw()
         if self.busy:
             log.warning("Worker %d exiting with %d request(s) still running after "

@@ -338,6 +338,7 @@ class WorkerLoop:
         self.title_requests = -1
         self.title_at = 0.0
         self.booted = False
+        self.next_tick = 0.0  # the loop's next heartbeat and sweep (monotonic)
         self.alive = True
         self.draining = False
         self.drain_deadline = 0.0
@@ -532,19 +533,11 @@ class WorkerLoop:
         self.slot.booted(os.getpid(), time.monotonic())
         self.peers.publish(0)
         log.info("Booted worker with pid: %d", os.getpid())
-        next_tick = 0.0
+        self.next_tick = 0.0
         now = time.monotonic()
         while self.alive:
-            if self.ready:
-                timeout = 0.0
-            elif self.aside:
-                timeout = min(TICK, max(0.0, self.recheck_at - now))
-            elif self.fd_shortage.paused:
-                timeout = min(TICK, max(0.0, self.fd_shortage.until - now))
-            else:
-                timeout = TICK
             try:
-                events = self.epoll.poll(timeout)
+                events = self.epoll.poll(self.poll_timeout(now, bool(self.ready)))
             except InterruptedError:
                 events = []
             now = time.monotonic()
@@ -570,31 +563,8 @@ class WorkerLoop:
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
                     self.run(conn, app)
-            if self.aside and now >= self.recheck_at:
-                self.balance(now)
-            if self.fd_shortage.paused and now >= self.fd_shortage.until:
-                self.fd_shortage.paused = False
-                self._listen(not self.aside)
-            if now >= next_tick:
-                next_tick = now + TICK
-                self.slot.beat(now)
-                self.sweep(now)
-                if self.stats is not None:
-                    self.count_connections()
-                # Loads change as the others' clients come and go. While aside,
-                # the recheck above already looks every BALANCE_RECHECK_S.
-                if not self.aside:
-                    self.balance(now)
-                self.update_title(now)
-                if os.getppid() != self.master_pid:
-                    log.warning("Master %d is gone; worker %d exiting", self.master_pid,
-                                os.getpid())
-                    return WorkerExit.ORPHANED
-            # Checked every pass, not every tick: a worker told to stop with
-            # nothing in flight exits now instead of up to TICK later (a HUP or
-            # a recycle then frees its memory and its slot sooner).
-            if self.draining and (not self.conns or now >= self.drain_deadline):
-                self.alive = False
+            if self.housekeeping(now) is WorkerExit.ORPHANED:
+                return WorkerExit.ORPHANED
         self.peers.withdraw()
         for conn in list(self.conns.values()):
             conn.close()
@@ -611,6 +581,53 @@ class WorkerLoop:
                 reading += 1  # (CLOSING: answered with an error, lingering to close)
         assert self.stats is not None
         self.stats.connections(idle, reading)
+
+    def poll_timeout(self, now: float, runnable: bool) -> float:
+        """How long the loop may wait in epoll: not at all while a request can run."""
+        if runnable:
+            return 0.0
+        if self.aside:
+            return min(TICK, max(0.0, self.recheck_at - now))
+        if self.fd_shortage.paused:
+            return min(TICK, max(0.0, self.fd_shortage.until - now))
+        return TICK
+
+    def housekeeping(self, now: float) -> WorkerExit | None:
+        """After each pass's events: balance, the descriptor pause, the tick, the drain.
+
+        Shared by the sync loop and the threaded one (threads.ThreadedLoop), so
+        the two cannot drift. Returns ORPHANED when the master is gone.
+        """
+        if self.aside and now >= self.recheck_at:
+            self.balance(now)
+        if self.fd_shortage.paused and now >= self.fd_shortage.until:
+            self.fd_shortage.paused = False
+            self._listen(not self.aside)
+        if now >= self.next_tick:
+            self.next_tick = now + TICK
+            self.slot.beat(now)
+            self.sweep(now)
+            if self.stats is not None:
+                self.count_connections()
+            # Loads change as the others' clients come and go. While aside,
+            # the recheck above already looks every BALANCE_RECHECK_S.
+            if not self.aside:
+                self.balance(now)
+            self.on_tick(now)
+            self.update_title(now)
+            if os.getppid() != self.master_pid:
+                log.warning("Master %d is gone; worker %d exiting", self.master_pid,
+                            os.getpid())
+                return WorkerExit.ORPHANED
+        # Checked every pass, not every tick: a worker told to stop with
+        # nothing in flight exits now instead of up to TICK later (a HUP or
+        # a recycle then frees its memory and its slot sooner).
+        if self.draining and (not self.conns or now >= self.drain_deadline):
+            self.alive = False
+        return None
+
+    def on_tick(self, now: float) -> None:
+        """Once per TICK, after balancing: the threaded loop checks its timeouts here."""
 
     def update_title(self, now: float) -> None:
         """Show the request count in the process title, at most once per TITLE_INTERVAL."""
