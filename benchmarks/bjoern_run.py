@@ -10,52 +10,19 @@ Built only where libev's headers are installed (Debian: libev-dev).
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import sys
-from typing import Any
 
 import bjoern
 
 from benchmarks.client import HOST
-from benchmarks.h11_floor import load
+from benchmarks.h11_floor import floor_args, fork_and_wait, load
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("app", help="MODULE:APP")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = floor_args(argv, __doc__)
     app = load(args.app)
     bjoern.listen(app, HOST, args.port)
-    children = []
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                bjoern.run()
-            finally:
-                os._exit(1)
-        children.append(pid)
-
-    def stop(signum: int, frame: Any) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while children:
-        pid, _status = os.wait()
-        if pid in children:  # a child died: no respawning here
-            stop(signal.SIGTERM, None)
-    return 0
-
+    return fork_and_wait(args.workers, bjoern.run)
 
 if __name__ == "__main__":
     sys.exit(main())

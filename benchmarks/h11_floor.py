@@ -170,21 +170,27 @@ def serve(listener: socket.socket, app: App, port: int) -> None:
                 client.sock.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def floor_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
+    """The command line every reference server here takes: APP --port P [--workers N]."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("app", help="MODULE:APP")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    app = load(args.app)
-    listener = socket.create_server((HOST, args.port), backlog=1024)
-    listener.setblocking(False)  # every child races for each connection
+    return parser.parse_args(argv)
+
+
+def fork_and_wait(workers: int, child: Callable[[], None]) -> int:
+    """Fork `workers` children that each run `child`; SIGKILL them all on TERM or INT.
+
+    A reference has no respawning: when any child dies, the rest are killed
+    and the parent exits, so a broken run shows as a dead server.
+    """
     children = []
-    for _ in range(args.workers):
+    for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             try:
-                serve(listener, app, args.port)
+                child()
             finally:
                 os._exit(1)
         children.append(pid)
@@ -201,10 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     while children:
         pid, _status = os.wait()
-        if pid in children:  # a child died: this reference has no respawning
+        if pid in children:
             stop(signal.SIGTERM, None)
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = floor_args(argv, __doc__)
+    app = load(args.app)
+    listener = socket.create_server((HOST, args.port), backlog=1024)
+    listener.setblocking(False)  # every child races for each connection
+    return fork_and_wait(args.workers, lambda: serve(listener, app, args.port))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,11 +15,8 @@ no logging, no signals but SIGTERM, no graceful anything. Never serve with it.
 
 from __future__ import annotations
 
-import argparse
 import io
-import os
 import selectors
-import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -29,7 +26,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from benchmarks.client import HOST
-from benchmarks.h11_floor import App, load
+from benchmarks.h11_floor import App, floor_args, fork_and_wait, load
 
 
 class Client:
@@ -155,40 +152,11 @@ def serve(listener: socket.socket, app: App, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("app", help="MODULE:APP")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = floor_args(argv, __doc__)
     app = load(args.app)
     listener = socket.create_server((HOST, args.port), backlog=1024)
     listener.setblocking(False)  # every child races for each connection
-    children = []
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                serve(listener, app, args.port)
-            finally:
-                os._exit(1)
-        children.append(pid)
-
-    def stop(signum: int, frame: Any) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the child that died, already reaped
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while children:
-        pid, _status = os.wait()
-        if pid in children:  # a child died: this reference has no respawning
-            stop(signal.SIGTERM, None)
-    return 0
-
+    return fork_and_wait(args.workers, lambda: serve(listener, app, args.port))
 
 if __name__ == "__main__":
     sys.exit(main())
