@@ -338,6 +338,7 @@ class ThreadedLoop(WorkerLoop):
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
+                    self.unmovable(fd)  # the master must not take it while it is read
                     conn.on_readable(now)
                     self._place(conn)  # complete: queued for a thread; closed: forgotten
                 elif fd == self.wake_fd:
