@@ -371,9 +371,9 @@ class WorkerLoop:
         self.movable: memoryview = (
             worker.heartbeat.movable_table(worker.slot) if self.handoff is not None
             else memoryview(bytearray(MOVABLE_FDS)))
-        # Each listener's base environ (by identity) -> the record of a kept
-        # connection from it; filled in boot().
-        self.kept_codes: dict[int, int] = {}
+        # Each listener's base environ (by identity) -> the records of a kept
+        # and of a fresh connection from it; filled in boot().
+        self.move_codes: dict[int, tuple[int, int]] = {}
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -433,7 +433,8 @@ class WorkerLoop:
             base = self._facts(listener).base_environ(self.errors, FileWrapper,
                                                       self.multithread)
             self.listen_socks[sock.fileno()] = (sock, base)
-            self.kept_codes[id(base)] = movable_code(len(self.bases), fresh=False)
+            self.move_codes[id(base)] = (movable_code(len(self.bases), fresh=False),
+                                         movable_code(len(self.bases), fresh=True))
             self.bases.append(base)
         self._listen(True)
         self.spare_fd = _open_spare()
@@ -734,7 +735,7 @@ class WorkerLoop:
         if state is State.IDLE and not conn.buf and not self.draining:
             # Parked between requests with nothing read: the master may take it.
             try:
-                self.movable[conn.fd] = self.kept_codes.get(id(conn.base), NOT_MOVABLE)
+                self.movable[conn.fd] = self.move_codes[id(conn.base)][0]
             except IndexError:
                 pass  # past MOVABLE_FDS: not published
 
@@ -789,7 +790,7 @@ class WorkerLoop:
                 if not self.draining:
                     # Nothing read from it: movable as a fresh connection.
                     try:
-                        self.movable[conn.fd] = self.kept_codes[id(base)] + 1
+                        self.movable[conn.fd] = self.move_codes[id(base)][1]
                     except IndexError:
                         pass
                 continue
