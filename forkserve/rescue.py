@@ -23,7 +23,6 @@ before: their clients see a reset and reconnect.
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import os
 import platform
@@ -34,6 +33,10 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ctypes
 
 from forkserve.handoff import HandoffChannel
 from forkserve.heartbeat import movable_listener, unchanged
@@ -72,24 +75,30 @@ class Rescued:
 
 
 class PidfdGetfd:
-    """pidfd_getfd(2) through libc's syscall(): a copy of another process's descriptor."""
+    """pidfd_getfd(2) through libc's syscall(): a copy of another process's descriptor.
+
+    ctypes is loaded at the first call, in the master, when a frozen worker
+    is rescued: not at start (~10 ms, and the master never needs it otherwise).
+    """
 
     def __init__(self, machine: str | None = None) -> None:
-        machine = machine or platform.machine()
-        offset = _SYSCALL_OFFSET.get(machine)
+        self.machine = machine or platform.machine()
+        offset = _SYSCALL_OFFSET.get(self.machine)
         self.number = None if offset is None else PIDFD_GETFD + offset
         self.libc: ctypes.CDLL | None = None
-        if self.number is not None:
-            self.libc = ctypes.CDLL(None, use_errno=True)
-            self.libc.syscall.restype = ctypes.c_long
 
     def __call__(self, pidfd: int, fd: int) -> int:
         """A new descriptor (close-on-exec) for `fd` in the process of `pidfd`; OSError if not."""
-        if self.libc is None or self.number is None:
-            raise OSError(errno.ENOSYS, f"no pidfd_getfd system call known for "
-                                        f"{platform.machine()}")
-        result = self.libc.syscall(ctypes.c_long(self.number), ctypes.c_int(pidfd),
-                                   ctypes.c_int(fd), ctypes.c_uint(0))
+        if self.number is None:
+            raise OSError(errno.ENOSYS, f"no pidfd_getfd system call known for {self.machine}")
+        import ctypes
+
+        if self.libc is None:
+            self.libc = ctypes.CDLL(None, use_errno=True)
+            self.libc.syscall.restype = ctypes.c_long
+        syscall: Any = self.libc.syscall
+        result = syscall(ctypes.c_long(self.number), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                         ctypes.c_uint(0))
         if result < 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
