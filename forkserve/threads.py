@@ -365,6 +365,7 @@ class ThreadedLoop(WorkerLoop):
             # is still in the app; this process exits next.
             for conn in list(self.busy.values()):
                 conn.answer_timeout()
+        self.nothing_movable()
         for conn in self.parked():
             conn.close()
         return WorkerExit.OK

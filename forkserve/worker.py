@@ -583,7 +583,7 @@ class WorkerLoop:
             if self.housekeeping(now) is WorkerExit.ORPHANED:
                 return WorkerExit.ORPHANED
         self.peers.withdraw()
-        self.movable[:] = bytes(MOVABLE_FDS)
+        self.nothing_movable()
         for conn in list(self.conns.values()):
             conn.close()
         return WorkerExit.OK
@@ -738,6 +738,10 @@ class WorkerLoop:
                 self.movable[conn.fd] = self.move_codes[id(conn.base)][0]
             except IndexError:
                 pass  # past MOVABLE_FDS: not published
+
+    def nothing_movable(self) -> None:
+        """Draining or exiting: the master may take none of this worker's connections."""
+        self.movable[:] = bytes(MOVABLE_FDS)
 
     def unmovable(self, fd: int) -> None:
         """Before the loop reads, closes or hands off a parked connection: the master
@@ -1061,7 +1065,7 @@ class WorkerLoop:
         self.peers.withdraw()  # the others stop making room for this worker
         # It reads every idle connection next, and publishes none again: a
         # draining worker is not rescued (the master only rescues READY ones).
-        self.movable[:] = bytes(MOVABLE_FDS)
+        self.nothing_movable()
         if self.handoff is not None:
             # Leaving: take no more connections from busy peers.
             self.epoll.unregister(self.handoff.fileno())
