@@ -128,7 +128,9 @@ class Rescuer:
         `kill` sends a signal. Returns how many connections were rescued. The
         worker is killed whatever happens here.
         """
-        if self.unavailable or not read_records():
+        # The master keeps both ends of the channel it made before the first
+        # fork (the workers hold theirs): one closed here means no way to send.
+        if self.unavailable or self.channel.send_end.fileno() < 0 or not read_records():
             kill(pid, signal.SIGKILL)
             return 0
         try:
