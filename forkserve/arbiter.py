@@ -725,9 +725,11 @@ class Arbiter:
         """
         how = {STOPPED: "stopped (SIGSTOP)", TRACED: "stopped by a debugger"}.get(
             process_state(worker.pid), "frozen")
-        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it; its "
-                     "parked idle connections go to the other workers",
-                     worker.pid, how, silent)
+        rescuing = self.rescuer is not None and not self.rescuer.unavailable
+        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it; %s",
+                     worker.pid, how, silent,
+                     "its parked idle connections go to the other workers" if rescuing
+                     else "its keep-alive clients reconnect to a live worker")
         worker.restart_reason = "timeout"
         worker.state = WorkerState.KILLED
         if self.rescuer is None:
