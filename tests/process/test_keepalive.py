@@ -558,8 +558,10 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
     refused = pidfd_getfd_refused()
     if refused:
         pytest.skip(refused)
+    # (--keep-alive 30: the other worker's own clients, asked last, must not
+    # meet their idle timeout on a slow, loaded machine.)
     with serve(APP, "--workers", "2", "--threads", threads, "--timeout", "30",
-               wait_workers=2) as s:
+               "--keep-alive", "30", wait_workers=2) as s:
         by_pid: dict[int, list[socket.socket]] = {}
         socks = []
         stopped = 0
