@@ -552,7 +552,10 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
     # the kill (pidfd_getfd) and the other worker answers each waiting
     # request on the same connection. Stopped in a request, that request's
     # connection is lost with the worker (documented): its client gets EOF
-    # or a reset, never an answer from the stopped pid. More connections than
+    # or a reset, never an answer from the stopped pid; so does one whose
+    # request head the worker had begun to read (those bytes are in its memory:
+    # moved, the rest of the head would reach another worker alone and get a
+    # 400). More connections than
     # the handoff queue holds at once (net.unix.max_dgram_qlen, 10 by
     # default): the master feeds the rest in as the other worker takes them.
     refused = pidfd_getfd_refused()
@@ -574,6 +577,9 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
                 by_pid.setdefault(json.loads(body)["pid"], []).append(sock)
             stopped = max(by_pid, key=lambda pid: len(by_pid[pid]))
             parked = list(by_pid[stopped])
+            half_read = parked.pop()
+            half_read.sendall(b"GET /pid HTTP/1.1\r\nHo")
+            time.sleep(0.3)  # read by the worker, before any request keeps it in the app
             in_app = None
             if moment == "in_request":
                 in_app = parked.pop()
@@ -584,6 +590,7 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
             t0 = time.monotonic()
             for sock in parked:  # sent to a stopped worker: waiting in the kernel
                 sock.sendall(GET)
+            half_read.sendall(b"st: test\r\n\r\n")
             resets = []
             for sock in parked:
                 sock.settimeout(max(0.1, t0 + 10.0 - time.monotonic()))
@@ -600,10 +607,10 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
                 sock.sendall(GET)
                 head, body, _ = read_response(sock)
                 assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["pid"] != stopped
-            if in_app is not None:
-                in_app.settimeout(10)
+            for lost in [half_read] if in_app is None else [half_read, in_app]:
+                lost.settimeout(10)
                 try:
-                    assert read_to_eof(in_app) == b""  # lost with the worker: no answer
+                    assert read_to_eof(lost) == b""  # lost with the worker: no answer
                 except ConnectionResetError:
                     pass
             # The others kept their connection, and a replacement took its place.
