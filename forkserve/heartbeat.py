@@ -13,7 +13,7 @@ connections evenly (`Peers`): the kernel's wake-up order is not fair.
 
 A third table, one byte per descriptor number per slot, says which of the
 worker's connections the master may take out of it if the worker freezes
-(`Movable`, and forkserve.rescue on the master's side).
+(`movable_table`, `read_movable`; forkserve.rescue on the master's side).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ PEER_BUSY_S = 0.05
 # they are not rescued (a worker holding 16,000 connections).
 MOVABLE_FDS = 16384  # bytes per slot; untouched pages of the map cost nothing
 NOT_MOVABLE = 0
-MAX_MOVABLE_LISTENER = 126  # (code 255 at most)
+MAX_MOVABLE_LISTENER = 126  # so a record fits a byte (254 at most)
 
 
 @dataclass
