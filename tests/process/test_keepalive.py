@@ -553,11 +553,11 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
     # request on the same connection. Stopped in a request, that request's
     # connection is lost with the worker (documented): its client gets EOF
     # or a reset, never an answer from the stopped pid; so does one whose
-    # request head the worker had begun to read (those bytes are in its memory:
-    # moved, the rest of the head would reach another worker alone and get a
-    # 400). More connections than
-    # the handoff queue holds at once (net.unix.max_dgram_qlen, 10 by
-    # default): the master feeds the rest in as the other worker takes them.
+    # request head the worker had begun to read (those bytes are in its
+    # memory: moved, the rest of the head would reach another worker alone
+    # and get a 400). More connections than the handoff queue holds at once
+    # (net.unix.max_dgram_qlen, 10 by default): the master feeds the rest in
+    # as the other worker takes them.
     refused = pidfd_getfd_refused()
     if refused:
         pytest.skip(refused)
