@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -23,7 +24,7 @@ import requests
 from forkserve.rescue import PidfdGetfd
 from tests.process.keepalive_support import CLOSE_RE, KeepAliveClients, read_response
 from tests.process.lifecycle_support import alive, booted_pids, wait_until
-from tests.support import Server, serve
+from tests.support import Server, self_signed_certificate, serve
 
 pytestmark = pytest.mark.process
 
@@ -629,3 +630,38 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
                 os.kill(stopped, signal.SIGKILL)  # leaves no stopped process behind
             for sock in socks:
                 sock.close()
+
+
+def test_a_stopped_workers_tls_connections_are_not_moved(tmp_path: Path) -> None:
+    # The TLS session lives in the worker's memory: a descriptor moved to
+    # another worker would carry encrypted bytes nobody can read. A stopped
+    # TLS worker's clients see their connection end (documented) and the
+    # master does not try to rescue anything.
+    certfile, keyfile = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(cafile=str(certfile))
+    with serve(APP, "--workers", "2", "--certfile", str(certfile), "--keyfile", str(keyfile),
+               "--timeout", "30", "--keep-alive", "30", wait_workers=2) as s:
+        by_pid: dict[int, list[ssl.SSLSocket]] = {}
+        stopped = 0
+        try:
+            for _ in range(6):
+                raw = socket.create_connection(s.address, timeout=10)
+                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+                sock.sendall(GET)
+                by_pid.setdefault(json.loads(read_response(sock)[1])["pid"], []).append(sock)
+            stopped = max(by_pid, key=lambda pid: len(by_pid[pid]))
+            time.sleep(0.5)
+            os.kill(stopped, signal.SIGSTOP)
+            for sock in by_pid[stopped]:
+                sock.sendall(GET)
+            for sock in by_pid[stopped]:
+                with pytest.raises((ConnectionError, ssl.SSLError)):
+                    read_response(sock)  # EOF or reset 3 s after the stop: never an answer
+            s.wait_for_log(rf"WORKER FROZEN \(pid:{stopped}\).*reconnect to a live worker")
+            assert "Rescued" not in s.log and "Cannot rescue" not in s.log
+        finally:
+            if stopped and alive(stopped):
+                os.kill(stopped, signal.SIGKILL)
+            for socks in by_pid.values():
+                for sock in socks:
+                    sock.close()
