@@ -58,8 +58,9 @@ _UNAVAILABLE = (errno.EPERM, errno.EACCES, errno.ENOSYS)
 STOP_WAIT_S = 0.2  # how long a frozen (not yet stopped) worker may take to stop
 EXIT_WAIT_S = 1.0  # how long a SIGKILLed worker may take to be gone
 # A rescued connection waits in the master while the handoff queue is full
-# (net.unix.max_dgram_qlen: 10 by default) until a worker takes one; past
-# this it is closed, as the kill would have closed it.
+# (the pair's send buffer: about 270 messages with Linux's default 208 KiB;
+# a socket pair is not limited by net.unix.max_dgram_qlen) until a worker
+# takes some; past this it is closed, as the kill would have closed it.
 GIVE_UP_S = 30.0
 
 

@@ -556,9 +556,7 @@ def test_a_stopped_workers_waiting_clients_are_answered_on_their_own_connections
     # or a reset, never an answer from the stopped pid; so does one whose
     # request head the worker had begun to read (those bytes are in its
     # memory: moved, the rest of the head would reach another worker alone
-    # and get a 400). More connections than the handoff queue holds at once
-    # (net.unix.max_dgram_qlen, 10 by default): the master feeds the rest in
-    # as the other worker takes them.
+    # and get a 400).
     refused = pidfd_getfd_refused()
     if refused:
         pytest.skip(refused)

@@ -22,7 +22,7 @@ from forkserve.heartbeat import (
     movable_listener,
     unchanged,
 )
-from forkserve.rescue import PidfdGetfd, Rescuer
+from forkserve.rescue import GIVE_UP_S, PidfdGetfd, Rescuer
 
 
 def test_a_record_says_listener_and_fresh_or_kept() -> None:
@@ -230,3 +230,68 @@ def test_without_pidfd_getfd_the_worker_is_killed_as_before_and_why_is_logged_on
     finally:
         logging.getLogger("forkserve").removeHandler(collect)
         channel.close()
+
+
+@needs_pidfd_getfd
+def test_a_full_queue_keeps_the_rescued_in_the_master_until_there_is_room(
+        listener: socket.socket) -> None:
+    channel = HandoffChannel()
+    filler, other_end = socket.socketpair()
+    queued = 0
+    while channel.send(filler.fileno(), 0, None, False):  # every worker busy: none taken
+        queued += 1
+    filler.close()
+    other_end.close()
+    pid, clients, fds = park_in_child(listener, 2)
+    beats = Heartbeats(1)
+    for fd in fds:
+        beats.movable_table(0)[fd] = movable_code(0, False)
+    try:
+        rescuer = Rescuer(channel, {listener.getsockname()[1]}, unix=False)
+        assert rescuer.kill(pid, lambda: beats.read_movable(0), killer([])) == 2
+        reap(pid)
+        assert len(rescuer.pending) == 2 and rescuer.writable_fd() is not None
+        for _ in range(queued):  # a worker frees up and takes what waited before them
+            got = channel.receive()
+            assert got is not None
+            got[0].close()
+        rescuer.send_pending(time.monotonic())
+        assert not rescuer.pending and rescuer.writable_fd() is None
+        for client in clients:
+            got = channel.receive()
+            assert got is not None and got[2] == client.getsockname()
+            client.sendall(b"still here")
+            got[0].settimeout(5)
+            assert got[0].recv(100) == b"still here"
+            got[0].close()
+    finally:
+        channel.close()
+        for client in clients:
+            client.close()
+
+
+@needs_pidfd_getfd
+def test_a_rescued_connection_nobody_takes_is_closed_after_a_while(
+        listener: socket.socket) -> None:
+    channel = HandoffChannel()
+    filler, other_end = socket.socketpair()
+    while channel.send(filler.fileno(), 0, None, False):
+        pass
+    filler.close()
+    other_end.close()
+    pid, clients, fds = park_in_child(listener, 1)
+    beats = Heartbeats(1)
+    beats.movable_table(0)[fds[0]] = movable_code(0, False)
+    try:
+        rescuer = Rescuer(channel, {listener.getsockname()[1]}, unix=False)
+        assert rescuer.kill(pid, lambda: beats.read_movable(0), killer([])) == 1
+        reap(pid)
+        rescuer.send_pending(time.monotonic() + GIVE_UP_S - 1)
+        assert len(rescuer.pending) == 1
+        rescuer.send_pending(time.monotonic() + GIVE_UP_S + 1)
+        assert not rescuer.pending
+        clients[0].settimeout(5)
+        assert clients[0].recv(100) == b""  # closed, as the kill alone would have
+    finally:
+        channel.close()
+        clients[0].close()
