@@ -41,6 +41,7 @@ from forkserve.notify import Notifier
 from forkserve.parser import describe as describe_parser
 from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
+from forkserve.rescue import Rescuer
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
@@ -154,6 +155,13 @@ class Arbiter:
         # Busy workers move parked connections with a request waiting to idle
         # ones over this (forkserve.handoff); not with TLS.
         self.handoff = HandoffChannel() if not cfg.certfile else None
+        # A frozen worker's parked connections with nothing read go to the
+        # others through the same channel before it is killed (forkserve.rescue).
+        self.rescuer = (Rescuer(self.handoff,
+                                {lst.sock.getsockname()[1] for lst in listeners
+                                 if not lst.is_unix},
+                                any(lst.is_unix for lst in listeners))
+                        if self.handoff is not None else None)
         # Observability (--metrics-bind, --statsd-host, PROMETHEUS_MULTIPROC_DIR):
         # the sockets are bound by the CLI before privileges are dropped.
         self.metrics = metrics
@@ -204,6 +212,8 @@ class Arbiter:
                     break
                 now = time.monotonic()
                 self.check_workers(now)
+                if self.rescuer is not None and self.rescuer.pending:
+                    self.rescuer.send_pending(now)
                 self.check_recycling(now)
                 self.check_reloader(now)
                 self.check_old_master()
@@ -310,6 +320,8 @@ class Arbiter:
         if self.metrics is not None:
             fds += self.metrics.read_fds()
             write_fds = self.metrics.write_fds()
+        if self.rescuer is not None and (queue := self.rescuer.writable_fd()) is not None:
+            write_fds.append(queue)  # rescued connections wait for room in the handoff queue
         try:
             readable, writable, _ = select.select(fds, write_fds, [], timeout)
         except InterruptedError:
@@ -468,6 +480,8 @@ class Arbiter:
                 self.reloader.close()
             os.close(self.boot_errors_r)
             os.close(self.notices_r)
+            if self.rescuer is not None:
+                self.rescuer.close_in_child()
             for other in self.workers.values():  # the others' dump files are not its own
                 if other.dump_fd >= 0:
                     os.close(other.dump_fd)
@@ -701,18 +715,31 @@ class Arbiter:
 
         Its parked keep-alive clients must not wait for it until --timeout.
 
-        SIGKILL at once (a stopped process would not run a dump handler): the
-        kernel closes its connections, its keep-alive clients reconnect to
-        a live worker, and manage_workers starts a replacement.
+        SIGKILL at once (a stopped process would not run a dump handler), and
+        manage_workers starts a replacement. First the connections it parked
+        with nothing read (published in its slot) are taken out of it and
+        passed to the other workers (forkserve.rescue): a request a client
+        already sent on one is answered on the same connection. The rest (the
+        one in the app, half-read heads, TLS) close with it; their clients
+        see a reset and reconnect.
         """
         how = {STOPPED: "stopped (SIGSTOP)", TRACED: "stopped by a debugger"}.get(
             process_state(worker.pid), "frozen")
-        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it so "
-                     "its keep-alive clients reconnect to a live worker",
-                     worker.pid, how, silent)
+        rescuing = self.rescuer is not None and not self.rescuer.unavailable
+        log.critical("WORKER FROZEN (pid:%d) %s and silent for %.1fs; killing it; %s",
+                     worker.pid, how, silent,
+                     "its parked idle connections go to the other workers" if rescuing
+                     else "its keep-alive clients reconnect to a live worker")
         worker.restart_reason = "timeout"
         worker.state = WorkerState.KILLED
-        self.kill(worker.pid, signal.SIGKILL)
+        if self.rescuer is None:
+            self.kill(worker.pid, signal.SIGKILL)
+            return
+        rescued = self.rescuer.kill(worker.pid, lambda: self.heartbeats.read_movable(worker.slot),
+                                    self.kill)
+        if rescued:
+            log.info("Rescued %d parked connection(s) of worker %d for the other workers",
+                     rescued, worker.pid)
 
     def check_recycling(self, now: float) -> None:
         """Mark at most one worker for replacement at a time, so recycles spread out."""

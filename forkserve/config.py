@@ -436,7 +436,8 @@ class Config:
         help="A request running in the app for longer than this many seconds (a worker "
         "silent that long) gets the worker's thread stacks logged and the worker replaced. "
         "An idle worker silent for 3s, or one stopped by SIGSTOP, is killed and replaced "
-        "sooner: its keep-alive clients reconnect elsewhere. 0 turns both checks off.",
+        "sooner: its idle keep-alive connections are passed to the other workers (a "
+        "request waiting on one is answered there). 0 turns both checks off.",
         section="Workers",
         parse=parse_float(0),
         metavar="SECONDS",

@@ -10,6 +10,10 @@ Beside the slots, a table of one int32 per slot says how many connections
 each worker holds while it accepts (the value is that count plus one; 0 means
 not accepting: booting, draining, gone). Workers read it to spread keep-alive
 connections evenly (`Peers`): the kernel's wake-up order is not fair.
+
+A third table, one byte per descriptor number per slot, says which of the
+worker's connections the master may take out of it if the worker freezes
+(`movable_table`, `read_movable`; forkserve.rescue on the master's side).
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ _LOAD = struct.Struct("=i")
 # of a request that has taken this long (it accepts nothing until it returns).
 PEER_STALE_S = 1.0
 PEER_BUSY_S = 0.05
+# Movable connections (issue 11: a stopped worker's waiting clients are
+# rescued, not reset). The master cannot tell from outside which of a
+# worker's sockets have had nothing read into user space; the worker says so
+# here, one byte per descriptor number: NOT_MOVABLE, or the listener the
+# connection came from and whether it is fresh (accepted, never read) or
+# kept (between two requests, its buffer empty). Each record is one byte,
+# written with one store by the thread that owns the connection, so a reader
+# never sees half of one; what a freeze *between* a store and the step it
+# guards could leave is covered by their order: a record is cleared before
+# the connection is read, closed or handed off, and set only once it is
+# parked clean (a worker frozen in between leaves it NOT_MOVABLE: skipped).
+# The master also reads the table before it takes the copies and again after
+# the worker is dead, and trusts only records that did not change
+# (`unchanged`): a worker woken (SIGCONT) while the master worked is not
+# trusted either. Descriptors at or past MOVABLE_FDS are never published:
+# they are not rescued (a worker holding 16,000 connections).
+MOVABLE_FDS = 16384  # bytes per slot; untouched pages of the map cost nothing
+NOT_MOVABLE = 0
+MAX_MOVABLE_LISTENER = 126  # so a record fits a byte (254 at most)
 
 
 @dataclass
@@ -66,6 +89,7 @@ class Heartbeats:
         self.slot_size = SLOT_SIZE + records * _RECORD.size
         self.mem = mmap.mmap(-1, slots * self.slot_size)
         self.loads = mmap.mmap(-1, slots * _LOAD.size)  # zero-filled: nobody accepts
+        self.movable = mmap.mmap(-1, slots * MOVABLE_FDS)  # zero-filled: nothing movable
 
     def claim(self, exclude: set[int]) -> int:
         """A free slot index (master side, before fork)."""
@@ -81,6 +105,8 @@ class Heartbeats:
         self.mem[offset + _HEAD.size : offset + self.slot_size] = (
             b"\0" * (self.slot_size - _HEAD.size))
         self.clear_load(index)
+        # The previous worker in this slot may have died with records set.
+        self.movable[index * MOVABLE_FDS : (index + 1) * MOVABLE_FDS] = bytes(MOVABLE_FDS)
 
     def clear_load(self, index: int) -> None:
         """Master side, when a worker is reaped: it accepts nothing any more."""
@@ -98,6 +124,15 @@ class Heartbeats:
         in_flight.sort()
         return SlotView(pid, beat, started, requests, raw.split(b"\0", 1)[0].decode("latin-1"),
                         in_flight)
+
+    def read_movable(self, index: int) -> dict[int, int]:
+        """Master side: descriptor -> record (movable_code), for slot `index`."""
+        raw = self.movable[index * MOVABLE_FDS : (index + 1) * MOVABLE_FDS].rstrip(b"\0")
+        return {fd: code for fd, code in enumerate(raw) if code != NOT_MOVABLE}
+
+    def movable_table(self, index: int) -> memoryview:
+        """Worker side: this slot's records, one byte per descriptor, to store into."""
+        return memoryview(self.movable)[index * MOVABLE_FDS : (index + 1) * MOVABLE_FDS]
 
     def writer(self, index: int) -> SlotWriter:
         return SlotWriter(self.mem, index, self.slot_size, self.records)
@@ -180,3 +215,25 @@ class Peers:
             if now - beat < PEER_STALE_S and not (started and now - started > PEER_BUSY_S):
                 return value - 1
         return None
+
+
+def movable_code(listener: int, fresh: bool) -> int:
+    """The record of a connection parked clean: from listener `listener`; fresh or kept.
+
+    NOT_MOVABLE when the listener's index does not fit the byte.
+    """
+    if not 0 <= listener <= MAX_MOVABLE_LISTENER:
+        return NOT_MOVABLE
+    return 1 + 2 * listener + int(fresh)
+
+
+def movable_listener(code: int) -> tuple[int, bool]:
+    """(listener index, fresh) of a record movable_code made."""
+    return (code - 1) // 2, bool((code - 1) & 1)
+
+
+def unchanged(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    """The records the master may trust: movable when it took the copies and still the same
+    once the worker is dead. A record that changed in between (the worker ran again and
+    read, closed or re-parked the connection) is not trusted."""
+    return {fd: code for fd, code in before.items() if after.get(fd) == code}

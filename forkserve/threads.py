@@ -338,6 +338,7 @@ class ThreadedLoop(WorkerLoop):
             for fd, _mask in events:
                 conn = self.conns.get(fd)
                 if conn is not None:
+                    self.unmovable(fd)  # the master must not take it while it is read
                     conn.on_readable(now)
                     self._place(conn)  # complete: queued for a thread; closed: forgotten
                 elif fd == self.wake_fd:
@@ -364,6 +365,7 @@ class ThreadedLoop(WorkerLoop):
             # is still in the app; this process exits next.
             for conn in list(self.busy.values()):
                 conn.answer_timeout()
+        self.nothing_movable()
         for conn in self.parked():
             conn.close()
         return WorkerExit.OK

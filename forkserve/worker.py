@@ -44,7 +44,7 @@ from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
 from forkserve.handoff import HANDOFF_AFTER_S, WATCH_INTERVAL_S, HandoffChannel
 from forkserve.health import with_health_path
-from forkserve.heartbeat import SlotWriter
+from forkserve.heartbeat import MOVABLE_FDS, NOT_MOVABLE, SlotWriter, movable_code
 from forkserve.hooks import HookRequest, HookResponse, Hooks
 from forkserve.log import AccessLog, ErrorStream, JsonFormatter, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
@@ -360,6 +360,20 @@ class WorkerLoop:
         # threads never do at once.
         self.lock = threading.Lock()
         self.running_fd = -1  # the connection in the app, which the watcher never moves
+        # Which parked connections the master may take out of this worker if it
+        # freezes (heartbeat.MOVABLE_FDS, forkserve.rescue): the record of a
+        # connection is cleared before the loop reads, closes or hands it off,
+        # and set once it is parked with nothing read (`_place`, `accept`).
+        # Two one-byte stores per keep-alive request. Without a handoff channel
+        # (TLS: the session cannot move) the stores go to a private table
+        # nobody reads. Only this loop's thread writes it (and the watcher,
+        # under the loop's lock).
+        self.movable: memoryview = (
+            worker.heartbeat.movable_table(worker.slot) if self.handoff is not None
+            else memoryview(bytearray(MOVABLE_FDS)))
+        # Each listener's base environ (by identity) -> the records of a kept
+        # and of a fresh connection from it; filled in boot().
+        self.move_codes: dict[int, tuple[int, int]] = {}
         self.epoll = select.epoll()
         # Connections in the epoll set. A connection is added only once it has
         # to wait for its client: one answered and closed on its first read
@@ -419,6 +433,8 @@ class WorkerLoop:
             base = self._facts(listener).base_environ(self.errors, FileWrapper,
                                                       self.multithread)
             self.listen_socks[sock.fileno()] = (sock, base)
+            self.move_codes[id(base)] = (movable_code(len(self.bases), fresh=False),
+                                         movable_code(len(self.bases), fresh=True))
             self.bases.append(base)
         self._listen(True)
         self.spare_fd = _open_spare()
@@ -548,6 +564,7 @@ class WorkerLoop:
                     # request runs, the others of this batch stay unread in
                     # the kernel, and the watcher can still hand them to an
                     # idle peer if that request is slow.
+                    self.unmovable(fd)
                     state = conn.on_readable(now)
                     if state is State.READY:
                         self.run(conn, app)
@@ -566,6 +583,7 @@ class WorkerLoop:
             if self.housekeeping(now) is WorkerExit.ORPHANED:
                 return WorkerExit.ORPHANED
         self.peers.withdraw()
+        self.nothing_movable()
         for conn in list(self.conns.values()):
             conn.close()
         return WorkerExit.OK
@@ -710,9 +728,28 @@ class WorkerLoop:
                 self.peers.publish(len(self.kept))
         if state is State.READY:
             self.ready.append(conn)  # after the others, for fairness
-        elif conn.fd not in self.polled:
+            return
+        if conn.fd not in self.polled:
             self.epoll.register(conn.fd, select.EPOLLIN)
             self.polled.add(conn.fd)
+        if state is State.IDLE and not conn.buf and not self.draining:
+            # Parked between requests with nothing read: the master may take it.
+            try:
+                self.movable[conn.fd] = self.move_codes[id(conn.base)][0]
+            except IndexError:
+                pass  # past MOVABLE_FDS: not published
+
+    def nothing_movable(self) -> None:
+        """Draining or exiting: the master may take none of this worker's connections."""
+        self.movable[:] = bytes(MOVABLE_FDS)
+
+    def unmovable(self, fd: int) -> None:
+        """Before the loop reads, closes or hands off a parked connection: the master
+        must not take it any more (it may be frozen right after this)."""
+        try:
+            self.movable[fd] = NOT_MOVABLE
+        except IndexError:
+            pass
 
     def accept(self, fd: int, now: float, batch: int = ACCEPT_BATCH) -> None:
         listener, base = self.listen_socks[fd]
@@ -744,6 +781,7 @@ class WorkerLoop:
                 self.evict(now)
             conn = Connection(sock, peer, base, self.settings, now)
             self.conns[conn.fd] = conn
+            self.unmovable(conn.fd)  # a number freed by a path that did not clear it
             if have_ready:
                 # One connection of this batch already runs the app next. The
                 # others are parked unread: read at the next pass, or, if that
@@ -753,6 +791,12 @@ class WorkerLoop:
                 # finished at 1, 1, 2 and 3 s when a worker read four per
                 # wake-up; issue 11.)
                 self._place(conn)
+                if not self.draining:
+                    # Nothing read from it: movable as a fresh connection.
+                    try:
+                        self.movable[conn.fd] = self.move_codes[id(base)][1]
+                    except IndexError:
+                        pass
                 continue
             # TCP_DEFER_ACCEPT means the request is usually already here.
             state = conn.on_readable(now)
@@ -900,7 +944,13 @@ class WorkerLoop:
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
             fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
-            if index < 0 or not self.handoff.send(fd, index, conn.peer, fresh):
+            if index < 0:
+                continue
+            record = self.movable[fd] if fd < MOVABLE_FDS else NOT_MOVABLE
+            self.unmovable(fd)  # on its way: the master must not take a second copy
+            if not self.handoff.send(fd, index, conn.peer, fresh):
+                if record != NOT_MOVABLE:
+                    self.movable[fd] = record  # it stays here, parked as it was
                 continue
             log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
             self.polled.discard(fd)
@@ -939,6 +989,7 @@ class WorkerLoop:
                 continue
             conn = Connection(sock, peer, self.bases[index], self.settings, now)
             self.conns[conn.fd] = conn
+            self.unmovable(conn.fd)
             if not fresh:
                 conn.proxy_pending = False  # the worker it came from read its PROXY header
                 conn.requests = 1  # answered before: a kept-alive connection
@@ -966,6 +1017,7 @@ class WorkerLoop:
                 "worker at --worker-connections=%d: closing the longest idle connection",
                 self.cfg.worker_connections,
             )
+        self.unmovable(victim.fd)
         victim.close()
         self._forget(victim)
 
@@ -974,10 +1026,12 @@ class WorkerLoop:
         for conn in [c for c in self.parked() if c.deadline <= now]:
             if conn.state in (State.READY,):
                 continue
+            self.unmovable(conn.fd)
             conn.expire(now)  # an idle one with a request just in is served instead
             self._place(conn)
 
     def _forget(self, conn: Connection) -> None:
+        self.unmovable(conn.fd)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)
@@ -1009,6 +1063,9 @@ class WorkerLoop:
             return
         self.draining = True
         self.peers.withdraw()  # the others stop making room for this worker
+        # It reads every idle connection next, and publishes none again: a
+        # draining worker is not rescued (the master only rescues READY ones).
+        self.nothing_movable()
         if self.handoff is not None:
             # Leaving: take no more connections from busy peers.
             self.epoll.unregister(self.handoff.fileno())

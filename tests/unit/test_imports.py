@@ -19,7 +19,7 @@ from forkserve.config import CERT_REQS
 LAZY = {
     "ssl": "--certfile (forkserve.tls.make_context)",
     "tomllib": "a config file (forkserve.config._read_toml)",
-    "ctypes": "--reload (forkserve.reloader)",
+    "ctypes": "--reload (forkserve.reloader), rescuing a frozen worker (forkserve.rescue)",
     "difflib": "a misspelt setting (forkserve.config.suggest)",
     "json": "--print-config (forkserve.config.show_value), --log-format json (forkserve.log)",
     "prometheus_client": "--metrics-bind, PROMETHEUS_MULTIPROC_DIR (forkserve.metrics)",
