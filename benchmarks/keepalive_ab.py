@@ -99,11 +99,13 @@ def together(other: Path, rounds: int, duration_s: int = 5) -> None:
     ratios = []
     trees = (("other", other), ("this", THIS_TREE))
     for round_ in range(rounds):
-        running = [servers.start(_spec("forkserve", tree), HELLO, 1, WORK_DIR, tree=tree)
-                   for _label, tree in (trees if round_ % 2 else trees[::-1])]
-        if not round_ % 2:
-            running.reverse()  # started in the other order, listed other-first
+        running: list[servers.Running] = []
         try:
+            for _label, tree in (trees if round_ % 2 else trees[::-1]):
+                running.append(servers.start(_spec("forkserve", tree), HELLO, 1, WORK_DIR,
+                                             tree=tree))
+            if not round_ % 2:
+                running.reverse()  # started in the other order, listed other-first
             time.sleep(0.5)
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 # Each wrk its own script directory: both write their script as they start.
