@@ -859,12 +859,36 @@ class Arbiter:
                 self.statsd_workers = alive
                 self.statsd.workers(alive)
 
+    def refuse_new_connections(self) -> None:
+        """Master, full stop: from now on no connection completes into a closing backlog.
+
+        Each worker accepts what is queued when it gets its TERM, then closes
+        its copy of the socket; a connection completed after that would be
+        reset when the last copy closes, after its client sent a request.
+        Refused at the door instead, the client learns before it sends
+        anything (Listener.refuse_new_connections says how). Only on sockets
+        this master bound and shares with no one: not while a new master
+        started by USR2 serves on them, and never on sockets systemd, a
+        parent (fd://) or an old master passed in, which live on after this
+        process exits (a filter would stay attached to them).
+        """
+        if self.reexec_pid:
+            return
+        for listener in self.listeners:
+            if listener.owned:
+                why = listener.refuse_new_connections()
+                if why:
+                    log.info("New connections to %s are not refused during the stop (%s): "
+                             "one arriving after the workers' last accept is reset",
+                             listener.url, why)
+
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""
         graceful = self.stop_graceful
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for worker in self.workers.values():
             worker.state = WorkerState.DRAINING
+        self.refuse_new_connections()  # before the workers' last accepts
         self.kill_all(sig)
         # Workers hold their own copies; the socket closes when the last one goes.
         for listener in self.listeners:

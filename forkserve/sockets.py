@@ -5,10 +5,13 @@ Workers inherit the bound sockets; they never bind anything themselves.
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import socket
 import stat
+import struct
+import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
@@ -23,6 +26,11 @@ class Listener:
     bind: str  # the --bind text it came from
     is_unix: bool
     tls: bool = False  # served with --certfile: shown as https://
+    # Bound by this process from an address: nobody else holds it, so a full
+    # stop may close its door early (refuse_new_connections). False for
+    # sockets passed in (systemd, fd://, a USR2 re-exec): whoever passed them
+    # may keep using them after we exit.
+    owned: bool = False
 
     @property
     def url(self) -> str:
@@ -41,6 +49,74 @@ class Listener:
                 os.unlink(path)
             except OSError:
                 pass
+
+    def refuse_new_connections(self) -> str:
+        """Master, full stop only: no new connection completes into the backlog from now on.
+
+        What is already queued stays, for the workers' last accepts. Returns ""
+        when done, else why not (the caller then stops as before).
+
+        Without this, a connection the kernel completes after the workers'
+        last accept waits in the backlog until the port closes and is then
+        reset, after its client sent a request into it (issue 11). Refused
+        at the door instead, the client sees "connection refused" before it
+        sent anything, which is always safe to retry elsewhere.
+
+        TCP: a socket filter that drops new handshakes (a SYN without ACK),
+        so the client's SYN goes unanswered and is retransmitted; when the
+        port has closed, the retransmission is refused. Every other segment
+        passes: a handshake already under way completes into the backlog
+        and is served (a drop-everything `ret #0` would drop its first data
+        segment, and the client would be reset after sending its request;
+        measured, docs/signals.md). Connections accepted afterwards inherit
+        the filter from the listener, which only ever drops a SYN on them.
+        `listen(0)` and `shutdown(SHUT_RD)` were measured too: the first
+        still completes one connection whenever the queue is empty, the
+        second resets everything queued.
+
+        Unix: socket filters do not see connect(2) on a unix stream socket,
+        but `shutdown(SHUT_RD)` makes the kernel refuse new connects at once
+        while the queued ones can still be accepted.
+        """
+        try:
+            if self.is_unix:
+                self.sock.shutdown(socket.SHUT_RD)
+            elif sys.platform.startswith("linux"):
+                _attach_filter(self.sock, REFUSE_SYN_FILTER)
+            else:
+                return "needs Linux"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return ""
+
+
+# Classic BPF (Documentation/networking/filter.rst) for a TCP listener: the
+# kernel runs it on every segment for the socket, with the TCP header at
+# offset 0. Byte 13 holds the flags; keep SYN (0x02) and ACK (0x10).
+_BPF_LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS: A = packet[k]
+_BPF_AND_K = 0x54  # BPF_ALU | BPF_AND | BPF_K: A &= k
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K: A == k ? skip jt : skip jf
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K: keep k bytes of the packet (0 = drop)
+TCP_FLAGS_OFFSET = 13
+TCP_SYN, TCP_ACK = 0x02, 0x10
+REFUSE_SYN_FILTER = (
+    (_BPF_LDB_ABS, 0, 0, TCP_FLAGS_OFFSET),
+    (_BPF_AND_K, 0, 0, TCP_SYN | TCP_ACK),
+    (_BPF_JEQ_K, 0, 1, TCP_SYN),  # a new handshake: fall through to drop
+    (_BPF_RET_K, 0, 0, 0),
+    (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # anything else: keep it whole
+)
+# <asm-generic/socket.h>, used by every architecture CPython is commonly
+# built for; the socket module does not export it.
+SO_ATTACH_FILTER = 26
+
+
+def _attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    """setsockopt(SO_ATTACH_FILTER) with a struct sock_fprog pointing at `program`."""
+    code = array.array("B", b"".join(struct.pack("HBBI", *insn) for insn in program))
+    address, _length = code.buffer_info()  # the kernel copies the program during the call
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HP", len(program), address))
 
 
 def parse_address(bind: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
@@ -125,7 +201,7 @@ def bind_one(bind: str, backlog: int, reuse_port: bool = False,
             reason = "address already in use"
         raise BindError(f"cannot bind {bind}: {reason}") from None
     sock.set_inheritable(True)
-    return Listener(sock, bind, family == socket.AF_UNIX)
+    return Listener(sock, bind, family == socket.AF_UNIX, owned=True)
 
 
 def _bind_unix(sock: socket.socket, path: str, mode: int) -> None:
