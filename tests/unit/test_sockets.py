@@ -1,0 +1,137 @@
+"""Listener.refuse_new_connections against this kernel, on loopback sockets (no server).
+
+What a full stop relies on (forkserve.sockets, docs/signals.md): what is
+queued stays acceptable, a handshake under way completes, a new one does not.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forkserve import sockets
+from forkserve.sockets import bind_one
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="socket filters and unix shutdown semantics are Linux's")
+
+
+def accept_all(listener: socket.socket) -> list[bytes]:
+    """Every queued connection's first bytes (accepted without blocking)."""
+    listener.setblocking(False)
+    seen = []
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return seen
+        with conn:
+            conn.settimeout(2)
+            seen.append(conn.recv(100))
+
+
+def test_tcp_queued_and_half_done_connections_stay_and_new_ones_are_kept_out() -> None:
+    listener = bind_one("127.0.0.1:0", 16)
+    address = listener.sock.getsockname()
+    queued = socket.create_connection(address, timeout=2)
+    queued.sendall(b"queued")
+    # Connected from the client's side, nothing sent yet: under TCP_DEFER_ACCEPT
+    # the kernel still holds it as a handshake in progress, outside the queue.
+    under_way = socket.create_connection(address, timeout=2)
+    time.sleep(0.05)
+    late = socket.socket()
+    try:
+        assert listener.refuse_new_connections() == ""
+        under_way.sendall(b"under way")  # its first segment after the filter: passes
+        late.setblocking(False)
+        assert late.connect_ex(address) == errno.EINPROGRESS
+        # The new SYN is dropped: no answer, the client keeps retransmitting.
+        assert select.select([], [late], [], 0.5)[1] == []
+        time.sleep(0.05)
+        assert sorted(accept_all(listener.sock)) == [b"queued", b"under way"]
+        listener.close()
+        # The port has closed: the retransmitted SYN is refused (about 1 s in).
+        assert select.select([], [late], [], 5)[1] == [late]
+        assert late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+    finally:
+        for sock in (queued, under_way, late):
+            sock.close()
+        listener.close()
+
+
+def test_connections_accepted_after_the_filter_inherit_it_harmlessly() -> None:
+    # Linux copies the listener's filter to each connection it completes; ours
+    # drops only a SYN without ACK, which an established connection never needs.
+    listener = bind_one("127.0.0.1:0", 16)
+    under_way = socket.create_connection(listener.sock.getsockname(), timeout=2)
+    try:
+        time.sleep(0.05)
+        assert listener.refuse_new_connections() == ""
+        under_way.sendall(b"one")
+        listener.sock.settimeout(2)
+        conn, _ = listener.sock.accept()
+        with conn:
+            conn.settimeout(2)
+            assert conn.recv(3) == b"one"
+            under_way.sendall(b"two")
+            assert conn.recv(3) == b"two"
+            conn.sendall(b"back")
+            assert under_way.recv(4) == b"back"
+    finally:
+        under_way.close()
+        listener.close()
+
+
+def test_unix_new_connects_are_refused_and_the_queued_ones_stay(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    listener = bind_one(f"unix:{path}", 16)
+    queued = socket.socket(socket.AF_UNIX)
+    late = socket.socket(socket.AF_UNIX)
+    try:
+        queued.connect(path)
+        queued.sendall(b"queued")
+        assert listener.refuse_new_connections() == ""
+        with pytest.raises(ConnectionRefusedError):
+            late.connect(path)
+        assert accept_all(listener.sock) == [b"queued"]
+    finally:
+        queued.close()
+        late.close()
+        listener.close()
+
+
+def test_where_it_cannot_refuse_it_says_why_and_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sockets.sys, "platform", "darwin")
+    listener = bind_one("127.0.0.1:0", 16)
+    try:
+        assert listener.refuse_new_connections() == "needs Linux"
+        with socket.create_connection(listener.sock.getsockname(), timeout=2) as client:
+            client.sendall(b"still open")
+            listener.sock.settimeout(2)
+            conn, _ = listener.sock.accept()
+            conn.close()
+    finally:
+        listener.close()
+
+
+def test_only_sockets_bound_here_are_ours_to_refuse() -> None:
+    passed = socket.socket()
+    passed.bind(("127.0.0.1", 0))
+    passed.listen(4)
+    listeners = [bind_one("127.0.0.1:0", 16),
+                 bind_one(f"fd://{os.dup(passed.fileno())}", 16),  # from a parent
+                 *sockets.adopt_fds([os.dup(passed.fileno())])]  # from an old master
+    try:
+        assert [listener.owned for listener in listeners] == [True, False, False]
+    finally:
+        for listener in listeners:
+            listener.close()
+        passed.close()
