@@ -42,7 +42,7 @@ from forkserve.parser import describe as describe_parser
 from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
-from forkserve.sockets import REEXEC_FDS_ENV, Listener
+from forkserve.sockets import REEXEC_FDS_ENV, Listener, handshakes_under_way
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
 from forkserve.worker import (
     BOOT_ERROR_LINE_BREAK,
@@ -90,6 +90,14 @@ IDLE_STALE_S = 3.0
 STOPPED = "T"  # /proc/PID/stat state: stopped by a signal (SIGSTOP, SIGTSTP)
 TRACED = "t"  # stopped under ptrace (a debugger)
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
+# A graceful stop, once new handshakes are refused, waits this long at most
+# before signalling the workers, for handshakes already under way to finish
+# into the backlog: a client's ACK and first bytes follow the SYN-ACK by one
+# round trip, and after 1 s the kernel retransmits its SYN-ACK (the initial
+# RTO, RFC 6298), which also ends TCP_DEFER_ACCEPT's wait for a client that
+# has sent nothing. Checked every HANDSHAKE_POLL_S; no wait when none is.
+HANDSHAKE_WAIT_S = 1.0
+HANDSHAKE_POLL_S = 0.01
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
 OLD_MASTER_ENV = "FORKSERVE_OLD_MASTER"  # set by USR2 for the new master: the old one's pid
@@ -859,7 +867,7 @@ class Arbiter:
                 self.statsd_workers = alive
                 self.statsd.workers(alive)
 
-    def refuse_new_connections(self) -> None:
+    def refuse_new_connections(self) -> set[int]:
         """Master, full stop: from now on no connection completes into a closing backlog.
 
         Each worker accepts what is queued when it gets its TERM, then closes
@@ -870,10 +878,12 @@ class Arbiter:
         this master bound and shares with no one: not while a new master
         started by USR2 serves on them, and never on sockets systemd, a
         parent (fd://) or an old master passed in, which live on after this
-        process exits (a filter would stay attached to them).
+        process exits (a filter would stay attached to them). Returns the
+        TCP ports now refusing new handshakes.
         """
         if self.reexec_pid:
-            return
+            return set()
+        ports = set()
         for listener in self.listeners:
             if listener.owned:
                 why = listener.refuse_new_connections()
@@ -881,6 +891,27 @@ class Arbiter:
                     log.info("New connections to %s are not refused during the stop (%s): "
                              "one arriving after the workers' last accept is reset",
                              listener.url, why)
+                elif not listener.is_unix:
+                    ports.add(listener.sock.getsockname()[1])
+        return ports
+
+    def let_handshakes_finish(self, ports: set[int]) -> None:
+        """Master, graceful stop, new handshakes refused: let those under way land first.
+
+        A handshake the kernel answered before the door closed completes
+        into the backlog one round trip later; an idle worker told to stop
+        now would make its last accept before that, and the connection
+        would be reset when the port closes, after its client sent its
+        request. The workers keep serving as usual meanwhile.
+        """
+        deadline = time.monotonic() + HANDSHAKE_WAIT_S
+        under_way = handshakes_under_way(ports)
+        if under_way > 0:
+            log.info("Letting %d TCP handshake(s) under way finish before the workers stop "
+                     "(at most %.1fs)", under_way, HANDSHAKE_WAIT_S)
+        while under_way > 0 and time.monotonic() < deadline:
+            time.sleep(HANDSHAKE_POLL_S)
+            under_way = handshakes_under_way(ports)
 
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""
@@ -888,7 +919,9 @@ class Arbiter:
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for worker in self.workers.values():
             worker.state = WorkerState.DRAINING
-        self.refuse_new_connections()  # before the workers' last accepts
+        ports = self.refuse_new_connections()  # before the workers' last accepts
+        if graceful and ports:  # (a fast stop takes no last accepts)
+            self.let_handshakes_finish(ports)
         self.kill_all(sig)
         # Workers hold their own copies; the socket closes when the last one goes.
         for listener in self.listeners:

@@ -148,6 +148,30 @@ def test_term_lets_no_connection_into_the_closing_backlog_tcp() -> None:
         s.kill()
 
 
+def test_term_serves_a_handshake_that_was_under_way_when_the_stop_began() -> None:
+    # A client far away: its connection was accepted by the kernel (SYN-ACK)
+    # just before the stop, and its request arrives a round trip later. The
+    # idle worker used to make its last accept at once and close the port;
+    # the request then met a reset.
+    s = Server(APP, "--workers", "1", "--graceful-timeout", "10", wait_workers=1).start()
+    try:
+        client = socket.create_connection(s.address, timeout=10)
+        try:
+            time.sleep(0.05)
+            s.send_signal(signal.SIGTERM)
+            time.sleep(0.2)  # the client's round trip
+            client.sendall(GET)
+            data = b""
+            while chunk := client.recv(65536):
+                data += chunk
+        finally:
+            client.close()
+        assert data.startswith(b"HTTP/1.1 200 "), data[:80]
+        assert s.wait_exit(15) == 0
+        assert "TCP handshake(s) under way" in s.log
+    finally:
+        s.kill()
+
 def test_term_refuses_new_connections_at_once_on_a_unix_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "fs.sock")
     s = Server(APP, "--workers", "1", "--graceful-timeout", "10", bind=[f"unix:{path}"],

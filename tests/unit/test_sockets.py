@@ -135,3 +135,26 @@ def test_only_sockets_bound_here_are_ours_to_refuse() -> None:
         for listener in listeners:
             listener.close()
         passed.close()
+
+
+def test_handshakes_under_way_counts_the_unfinished_ones_on_the_port() -> None:
+    listener = bind_one("127.0.0.1:0", 16)
+    port = listener.sock.getsockname()[1]
+    other = bind_one("127.0.0.1:0", 16)
+    clients = []
+    try:
+        assert sockets.handshakes_under_way({port}) == 0
+        # Under TCP_DEFER_ACCEPT a connection without bytes stays a handshake.
+        clients = [socket.create_connection(listener.sock.getsockname(), timeout=2)
+                   for _ in range(2)]
+        clients.append(socket.create_connection(other.sock.getsockname(), timeout=2))
+        time.sleep(0.05)
+        assert sockets.handshakes_under_way({port}) == 2
+        clients[0].sendall(b"x")  # finished: now in the accept queue
+        time.sleep(0.05)
+        assert sockets.handshakes_under_way({port}) == 1
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+        other.close()
