@@ -133,6 +133,7 @@ def drain_with_clients(server: Server, address: str | tuple[str, int],
     return prompt, late, slow.get("head", b"")
 
 
+@pytest.mark.usefixtures("worker_threads")  # sync, then --threads 4
 def test_term_lets_no_connection_into_the_closing_backlog_tcp() -> None:
     s = Server(APP, "--workers", "1", "--graceful-timeout", "10", wait_workers=1).start()
     try:
@@ -148,6 +149,7 @@ def test_term_lets_no_connection_into_the_closing_backlog_tcp() -> None:
         s.kill()
 
 
+@pytest.mark.usefixtures("worker_threads")  # sync, then --threads 4
 def test_term_serves_a_handshake_that_was_under_way_when_the_stop_began() -> None:
     # A client far away: its connection was accepted by the kernel (SYN-ACK)
     # just before the stop, and its request arrives a round trip later. The
@@ -172,6 +174,7 @@ def test_term_serves_a_handshake_that_was_under_way_when_the_stop_began() -> Non
     finally:
         s.kill()
 
+@pytest.mark.usefixtures("worker_threads")  # sync, then --threads 4
 def test_term_refuses_new_connections_at_once_on_a_unix_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "fs.sock")
     s = Server(APP, "--workers", "1", "--graceful-timeout", "10", bind=[f"unix:{path}"],
