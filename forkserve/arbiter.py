@@ -867,7 +867,7 @@ class Arbiter:
                 self.statsd_workers = alive
                 self.statsd.workers(alive)
 
-    def refuse_new_connections(self) -> set[int]:
+    def refuse_new_connections(self, unix: bool) -> set[int]:
         """Master, full stop: from now on no connection completes into a closing backlog.
 
         Each worker accepts what is queued when it gets its TERM, then closes
@@ -878,14 +878,15 @@ class Arbiter:
         this master bound and shares with no one: not while a new master
         started by USR2 serves on them, and never on sockets systemd, a
         parent (fd://) or an old master passed in, which live on after this
-        process exits (a filter would stay attached to them). Returns the
-        TCP ports now refusing new handshakes.
+        process exits (a filter would stay attached to them). `unix`: the
+        unix sockets, else the TCP ones. Returns the TCP ports now refusing
+        new handshakes.
         """
         if self.reexec_pid:
             return set()
         ports = set()
         for listener in self.listeners:
-            if listener.owned:
+            if listener.owned and listener.is_unix == unix:
                 why = listener.refuse_new_connections()
                 if why:
                     log.info("New connections to %s are not refused during the stop (%s): "
@@ -919,9 +920,14 @@ class Arbiter:
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for worker in self.workers.values():
             worker.state = WorkerState.DRAINING
-        ports = self.refuse_new_connections()  # before the workers' last accepts
+        # Before the workers' last accepts. Unix sockets last: a unix connect
+        # has no handshake to wait for, and a unix listener shut down for
+        # reading stays readable, which would spin the workers' loops until
+        # their TERM.
+        ports = self.refuse_new_connections(unix=False)
         if graceful and ports:  # (a fast stop takes no last accepts)
             self.let_handshakes_finish(ports)
+        self.refuse_new_connections(unix=True)
         self.kill_all(sig)
         # Workers hold their own copies; the socket closes when the last one goes.
         for listener in self.listeners:
