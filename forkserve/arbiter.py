@@ -42,7 +42,7 @@ from forkserve.parser import describe as describe_parser
 from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.signals import SignalQueue, reset_to_default
-from forkserve.sockets import REEXEC_FDS_ENV, Listener, handshakes_under_way
+from forkserve.sockets import REEXEC_FDS_ENV, Listener, handshakes_under_way, reexec_fds
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
 from forkserve.worker import (
     BOOT_ERROR_LINE_BREAK,
@@ -822,7 +822,7 @@ class Arbiter:
             reset_to_default(MASTER_SIGNALS)
             self.hooks.call("pre_exec", self)
             env = dict(os.environ)
-            env[REEXEC_FDS_ENV] = ",".join(str(lst.sock.fileno()) for lst in self.listeners)
+            env[REEXEC_FDS_ENV] = reexec_fds(self.listeners)
             env[OLD_MASTER_ENV] = str(self.pid)
             os.chdir(LAUNCH_CWD)
             argv = [sys.executable, *sys.orig_argv[1:]]
@@ -875,14 +875,14 @@ class Arbiter:
         reset when the last copy closes, after its client sent a request.
         Refused at the door instead, the client learns before it sends
         anything (Listener.refuse_new_connections says how). Only on sockets
-        this master bound and shares with no one: not while a new master
-        started by USR2 serves on them, and never on sockets systemd, a
-        parent (fd://) or an old master passed in, which live on after this
-        process exits (a filter would stay attached to them). `unix`: the
-        unix sockets, else the TCP ones. Returns the TCP ports now refusing
-        new handshakes.
+        a forkserve master bound (Listener.owned) and no other master shares:
+        not while the new master of a USR2 upgrade serves on them, nor while
+        the old one still does (a rollback), and never on sockets systemd or
+        a parent (fd://) passed in, which live on after this process exits
+        (a filter would stay attached to them). `unix`: the unix sockets,
+        else the TCP ones. Returns the TCP ports now refusing new handshakes.
         """
-        if self.reexec_pid:
+        if self.reexec_pid or (self.old_master_pid and os.getppid() == self.old_master_pid):
             return set()
         ports = set()
         for listener in self.listeners:

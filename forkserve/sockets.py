@@ -26,10 +26,11 @@ class Listener:
     bind: str  # the --bind text it came from
     is_unix: bool
     tls: bool = False  # served with --certfile: shown as https://
-    # Bound by this process from an address: nobody else holds it, so a full
-    # stop may close its door early (refuse_new_connections). False for
-    # sockets passed in (systemd, fd://, a USR2 re-exec): whoever passed them
-    # may keep using them after we exit.
+    # Bound from an address by this master, or by the old master of a USR2
+    # upgrade (OWNED_FD_MARK): no other program holds it, so a full stop may
+    # close its door early (refuse_new_connections) when no other master
+    # shares it. False for sockets passed in by systemd or a parent (fd://),
+    # which may keep using them after we exit.
     owned: bool = False
 
     @property
@@ -339,27 +340,41 @@ def bind_all(binds: list[str], backlog: int, reuse_port: bool = False,
 # A master re-executing itself on USR2 passes its listening sockets to the new
 # master as open fds named here (gunicorn's GUNICORN_FD; nginx's NGINX).
 REEXEC_FDS_ENV = "FORKSERVE_FDS"
+# Before an fd in that list: the socket was bound by a forkserve master from an
+# address (Listener.owned), so the new master may close its door on a full
+# stop once the old master is gone. A sign because int() has always accepted
+# one: an older forkserve reads the list unchanged (a USR2 downgrade), and a
+# list from an older forkserve, without signs, is adopted as not ours (safe).
+OWNED_FD_MARK = "+"
 
 
-def inherited_fds(env: MutableMapping[str, str]) -> list[int]:
-    """The listening fds a re-exec'ing master passed us, taken out of `env`.
+def reexec_fds(listeners: list[Listener]) -> str:
+    """REEXEC_FDS_ENV's value for a new master: "+3,4" (3 ours, 4 passed in)."""
+    return ",".join(f"{OWNED_FD_MARK if lst.owned else ''}{lst.sock.fileno()}"
+                    for lst in listeners)
 
-    Removed so that neither the workers nor a later re-exec see stale numbers.
+
+def inherited_fds(env: MutableMapping[str, str]) -> list[tuple[int, bool]]:
+    """The listening fds a re-exec'ing master passed us, with whether they are ours.
+
+    Taken out of `env`, so that neither the workers nor a later re-exec see
+    stale numbers.
     """
     text = env.pop(REEXEC_FDS_ENV, "")
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [(int(part), part.strip().startswith(OWNED_FD_MARK))
+                for part in text.split(",") if part.strip()]
     except ValueError:
         raise BindError(f"{REEXEC_FDS_ENV}={text!r} is not a list of fds") from None
 
 
-def adopt_fds(fds: list[int]) -> list[Listener]:
+def adopt_fds(fds: list[tuple[int, bool]]) -> list[Listener]:
     """Listening sockets inherited as open fds: the same accept queues, nothing rebound.
 
     So no connection is refused while an old master hands over to a new one.
     """
     listeners = []
-    for fd in fds:
+    for fd, owned in fds:
         try:
             sock = socket.socket(fileno=fd)
         except OSError as exc:
@@ -367,5 +382,5 @@ def adopt_fds(fds: list[int]) -> list[Listener]:
         sock.set_inheritable(True)
         is_unix = sock.family == socket.AF_UNIX
         listeners.append(Listener(sock, f"unix:{sock.getsockname()}" if is_unix else f"fd://{fd}",
-                                  is_unix))
+                                  is_unix, owned=owned))
     return listeners

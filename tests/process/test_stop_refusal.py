@@ -18,11 +18,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import end, get_json, wait_for
+from tests.process.lifecycle_support import alive, booted_pids, wait_until
 from tests.support import REPO, TESTS, Server
 
 pytestmark = pytest.mark.process
@@ -82,7 +84,7 @@ def slow_request(address: str | tuple[str, int], family: int, result: dict[str, 
         done.set()
 
 
-def drain_with_clients(server: Server, address: str | tuple[str, int],
+def drain_with_clients(stop: Callable[[], None], address: str | tuple[str, int],
                        family: int) -> tuple[Counter[str], Counter[str], bytes]:
     """The only worker is in a slow request; TERM; clients arrive during the drain.
 
@@ -97,7 +99,7 @@ def drain_with_clients(server: Server, address: str | tuple[str, int],
     threading.Thread(target=slow_request, args=(address, family, slow, slow_done),
                      daemon=True).start()
     time.sleep(0.4)  # the only worker is inside the app
-    server.send_signal(signal.SIGTERM)
+    stop()  # TERM to the master
     time.sleep(0.2)  # the master has had its turn: the drain is on
     prompt: Counter[str] = Counter()
     late: Counter[str] = Counter()
@@ -137,7 +139,8 @@ def drain_with_clients(server: Server, address: str | tuple[str, int],
 def test_term_lets_no_connection_into_the_closing_backlog_tcp() -> None:
     s = Server(APP, "--workers", "1", "--graceful-timeout", "10", wait_workers=1).start()
     try:
-        prompt, late, slow_head = drain_with_clients(s, s.address, socket.AF_INET)
+        prompt, late, slow_head = drain_with_clients(
+            lambda: s.send_signal(signal.SIGTERM), s.address, socket.AF_INET)
         assert slow_head.startswith(b"HTTP/1.1 200 "), slow_head
         assert set(prompt) <= {ANSWERED, KEPT_OUT}, prompt
         # Before: both late clients connected, sent their request after the
@@ -180,7 +183,8 @@ def test_term_refuses_new_connections_at_once_on_a_unix_socket(tmp_path: Path) -
     s = Server(APP, "--workers", "1", "--graceful-timeout", "10", bind=[f"unix:{path}"],
                wait_workers=1).start()
     try:
-        prompt, late, slow_head = drain_with_clients(s, path, socket.AF_UNIX)
+        prompt, late, slow_head = drain_with_clients(
+            lambda: s.send_signal(signal.SIGTERM), path, socket.AF_UNIX)
         assert slow_head.startswith(b"HTTP/1.1 200 "), slow_head
         assert set(prompt) <= {ANSWERED, KEPT_OUT}, prompt
         # A unix connect has no handshake to drop: the kernel refuses it at
@@ -191,6 +195,32 @@ def test_term_refuses_new_connections_at_once_on_a_unix_socket(tmp_path: Path) -
     finally:
         s.kill()
 
+
+def test_after_a_usr2_upgrade_the_new_master_closes_the_door_on_its_own_stop(
+        tmp_path: Path) -> None:
+    # The sockets the old master bound pass to the new one as its own: once
+    # the old master is gone, the new master's stop keeps clients out of the
+    # closing backlog just the same. (While both run, neither touches them:
+    # tests/process/test_signals.py and test_keepalive.py, USR2 then TERM.)
+    pidfile = tmp_path / "fs.pid"
+    s = Server(APP, "--workers", "1", "--graceful-timeout", "10", "--pid", str(pidfile),
+               wait_workers=1).start()
+    try:
+        s.send_signal(signal.SIGUSR2)
+        wait_until(lambda: len(booted_pids(s.log)) >= 2, what="the new master's worker")
+        new_master = int(pidfile.read_text())
+        s.send_signal(signal.SIGTERM)  # the old master: its worker drains, it exits
+        assert s.wait_exit(15) == 0
+        s.wait_for_log(r"The old master \(pid \d+\) is gone")
+        prompt, late, slow_head = drain_with_clients(
+            lambda: os.kill(new_master, signal.SIGTERM), s.address, socket.AF_INET)
+        assert slow_head.startswith(b"HTTP/1.1 200 "), slow_head
+        assert set(prompt) <= {ANSWERED, KEPT_OUT}, prompt
+        assert late == Counter({KEPT_OUT: 2}), late
+        wait_until(lambda: not alive(new_master), what="the new master exits")
+        assert "not refused during the stop" not in s.log
+    finally:
+        s.kill()
 
 # Plays systemd (or any parent passing a socket): puts the inherited socket at
 # fd 3 and names this process in LISTEN_PID, then becomes forkserve.

@@ -128,9 +128,13 @@ def test_only_sockets_bound_here_are_ours_to_refuse() -> None:
     passed.listen(4)
     listeners = [bind_one("127.0.0.1:0", 16),
                  bind_one(f"fd://{os.dup(passed.fileno())}", 16),  # from a parent
-                 *sockets.adopt_fds([os.dup(passed.fileno())])]  # from an old master
+                 # From an old master (USR2): bound by it, then passed in by it.
+                 *sockets.adopt_fds([(os.dup(passed.fileno()), True),
+                                     (os.dup(passed.fileno()), False)])]
     try:
-        assert [listener.owned for listener in listeners] == [True, False, False]
+        assert [listener.owned for listener in listeners] == [True, False, True, False]
+        assert sockets.reexec_fds(listeners[:2]) == (
+            f"+{listeners[0].sock.fileno()},{listeners[1].sock.fileno()}")
     finally:
         for listener in listeners:
             listener.close()
@@ -158,3 +162,17 @@ def test_handshakes_under_way_counts_the_unfinished_ones_on_the_port() -> None:
             client.close()
         listener.close()
         other.close()
+
+
+@pytest.mark.parametrize(("text", "fds"), [
+    ("+3,4", [(3, True), (4, False)]),
+    ("3,4", [(3, False), (4, False)]),  # from a forkserve before the mark: not ours
+    ("", []),
+])
+def test_inherited_fds_read_which_sockets_a_forkserve_bound(text: str,
+                                                           fds: list[tuple[int, bool]]) -> None:
+    env = {sockets.REEXEC_FDS_ENV: text}
+    assert sockets.inherited_fds(env) == fds
+    assert sockets.REEXEC_FDS_ENV not in env
+    # An older forkserve (a USR2 downgrade) reads the list as before: int("+3") == 3.
+    assert [int(part) for part in text.split(",") if part.strip()] == [fd for fd, _ in fds]
