@@ -43,7 +43,7 @@ from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
 from forkserve.rescue import Rescuer
 from forkserve.signals import SignalQueue, reset_to_default
-from forkserve.sockets import REEXEC_FDS_ENV, Listener
+from forkserve.sockets import REEXEC_FDS_ENV, Listener, handshakes_under_way, reexec_fds
 from forkserve.stats import APP_METRICS_ENV, StatsTable, Totals
 from forkserve.worker import (
     BOOT_ERROR_LINE_BREAK,
@@ -91,6 +91,14 @@ IDLE_STALE_S = 3.0
 STOPPED = "T"  # /proc/PID/stat state: stopped by a signal (SIGSTOP, SIGTSTP)
 TRACED = "t"  # stopped under ptrace (a debugger)
 DRAIN_GRACE = 1.0  # a draining worker is killed this long after its own --graceful-timeout
+# A graceful stop, once new handshakes are refused, waits this long at most
+# before signalling the workers, for handshakes already under way to finish
+# into the backlog: a client's ACK and first bytes follow the SYN-ACK by one
+# round trip, and after 1 s the kernel retransmits its SYN-ACK (the initial
+# RTO, RFC 6298), which also ends TCP_DEFER_ACCEPT's wait for a client that
+# has sent nothing. Checked every HANDSHAKE_POLL_S; no wait when none is.
+HANDSHAKE_WAIT_S = 1.0
+HANDSHAKE_POLL_S = 0.01
 MAX_BACKOFF = 10.0
 CRASH_WINDOW = 60.0  # crashes older than this no longer lengthen the back-off
 OLD_MASTER_ENV = "FORKSERVE_OLD_MASTER"  # set by USR2 for the new master: the old one's pid
@@ -841,7 +849,7 @@ class Arbiter:
             reset_to_default(MASTER_SIGNALS)
             self.hooks.call("pre_exec", self)
             env = dict(os.environ)
-            env[REEXEC_FDS_ENV] = ",".join(str(lst.sock.fileno()) for lst in self.listeners)
+            env[REEXEC_FDS_ENV] = reexec_fds(self.listeners)
             env[OLD_MASTER_ENV] = str(self.pid)
             os.chdir(LAUNCH_CWD)
             argv = [sys.executable, *sys.orig_argv[1:]]
@@ -886,12 +894,67 @@ class Arbiter:
                 self.statsd_workers = alive
                 self.statsd.workers(alive)
 
+    def refuse_new_connections(self, unix: bool) -> set[int]:
+        """Master, full stop: from now on no connection completes into a closing backlog.
+
+        Each worker accepts what is queued when it gets its TERM, then closes
+        its copy of the socket; a connection completed after that would be
+        reset when the last copy closes, after its client sent a request.
+        Refused at the door instead, the client learns before it sends
+        anything (Listener.refuse_new_connections says how). Only on sockets
+        a forkserve master bound (Listener.owned) and no other master shares:
+        not while the new master of a USR2 upgrade serves on them, nor while
+        the old one still does (a rollback), and never on sockets systemd or
+        a parent (fd://) passed in, which live on after this process exits
+        (a filter would stay attached to them). `unix`: the unix sockets,
+        else the TCP ones. Returns the TCP ports now refusing new handshakes.
+        """
+        if self.reexec_pid or (self.old_master_pid and os.getppid() == self.old_master_pid):
+            return set()
+        ports = set()
+        for listener in self.listeners:
+            if listener.owned and listener.is_unix == unix:
+                why = listener.refuse_new_connections()
+                if why:
+                    log.info("New connections to %s are not refused during the stop (%s): "
+                             "one arriving after the workers' last accept is reset",
+                             listener.url, why)
+                elif not listener.is_unix:
+                    ports.add(listener.sock.getsockname()[1])
+        return ports
+
+    def let_handshakes_finish(self, ports: set[int]) -> None:
+        """Master, graceful stop, new handshakes refused: let those under way land first.
+
+        A handshake the kernel answered before the door closed completes
+        into the backlog one round trip later; an idle worker told to stop
+        now would make its last accept before that, and the connection
+        would be reset when the port closes, after its client sent its
+        request. The workers keep serving as usual meanwhile.
+        """
+        deadline = time.monotonic() + HANDSHAKE_WAIT_S
+        under_way = handshakes_under_way(ports)
+        if under_way > 0:
+            log.info("Letting %d TCP handshake(s) under way finish before the workers stop "
+                     "(at most %.1fs)", under_way, HANDSHAKE_WAIT_S)
+        while under_way > 0 and time.monotonic() < deadline:
+            time.sleep(HANDSHAKE_POLL_S)
+            under_way = handshakes_under_way(ports)
+
     def shutdown(self) -> None:
         """Stop every worker (gracefully or fast), wait for them, then clean up."""
         graceful = self.stop_graceful
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for worker in self.workers.values():
             worker.state = WorkerState.DRAINING
+        # Before the workers' last accepts. Unix sockets last: a unix connect
+        # has no handshake to wait for, and a unix listener shut down for
+        # reading stays readable, which would spin the workers' loops until
+        # their TERM.
+        ports = self.refuse_new_connections(unix=False)
+        if graceful and ports:  # (a fast stop takes no last accepts)
+            self.let_handshakes_finish(ports)
+        self.refuse_new_connections(unix=True)
         self.kill_all(sig)
         # Workers hold their own copies; the socket closes when the last one goes.
         for listener in self.listeners:

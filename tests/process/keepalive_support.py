@@ -149,10 +149,12 @@ class KeepAliveClients:
                 head, _body, buf = read_response(sock, buf)
             except OSError as exc:
                 if (fresh and self.port_closing and isinstance(exc, ConnectionResetError)):
-                    # Connected into the listen backlog after every worker had
-                    # taken its last connections from it, and reset when the
-                    # last copy of the socket closed: no process ever had it
-                    # (docs/signals.md, "What happens to connections on a stop").
+                    # A handshake still unfinished when the last worker took
+                    # its last connections, reset when the last copy of the
+                    # socket closed: no process ever had it. A stop refuses
+                    # new handshakes and waits up to 1 s for those under way,
+                    # so only a stalled one can (docs/signals.md, "What
+                    # happens to connections on a stop").
                     with self._lock:
                         self.refused += 1
                 else:

@@ -235,10 +235,10 @@ def test_urllib3_pools_without_retries_lose_no_request(event: str) -> None:
 
 
 def test_term_answers_every_request_that_reached_the_server() -> None:
-    # After TERM the port closes: new connections may be refused, or reset if
-    # they landed in the backlog after the workers' last accept, and that is
-    # expected; but every request sent on a connection a worker took gets its
-    # answer.
+    # After TERM the port closes: new connections are refused (a handshake
+    # still unfinished after the stop's wait for it may be reset:
+    # docs/signals.md), and that is expected; but every request sent on a
+    # connection a worker took gets its answer.
     s = Server(APP, "--workers", "2", wait_workers=2).start()
     try:
         with KeepAliveClients(s.url, s.address, sessions=0, sockets=6) as clients:
