@@ -152,8 +152,8 @@ class Arbiter:
         # replacement at once instead of at its next 0.5 s check.
         self.notices_r, self.notices_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Busy workers move parked connections with a request waiting to idle
-        # ones over this (forkserve.handoff); not with TLS.
-        self.handoff = HandoffChannel() if not cfg.certfile else None
+        # ones over this (forkserve.handoff), or relay TLS ones through it (forkserve.relay).
+        self.handoff = HandoffChannel()
         # Observability (--metrics-bind, --statsd-host, PROMETHEUS_MULTIPROC_DIR):
         # the sockets are bound by the CLI before privileges are dropped.
         self.metrics = metrics

@@ -1,0 +1,240 @@
+"""No client waits behind another's slow request: the cases the plain handoff left (issue 11).
+
+A busy sync worker hands its parked connections that have a request arriving
+to an idle peer (forkserve.handoff). These tests cover what that first
+version left where it was: connections with bytes already read into the
+worker (a head partly received, the start of a pipelined request), and TLS
+connections, which are relayed through the busy worker (forkserve.relay).
+Clients keep their connections alive as users' clients do: requests.Session
+over HTTPS, raw sockets and raw TLS sockets that reuse one connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.process.keepalive_support import CLOSE_RE, read_response
+from tests.support import Server, self_signed_certificate, serve
+
+pytestmark = pytest.mark.process
+
+APP = "core_apps:app"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("cryptography.x509")
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def tls_args(certificate: tuple[Path, Path]) -> tuple[str, ...]:
+    return "--certfile", str(certificate[0]), "--keyfile", str(certificate[1])
+
+
+class HttpsLoops:
+    """`clients` requests.Session loops over HTTPS on `url`: latencies and the environ seen."""
+
+    def __init__(self, url: str, clients: int, cafile: Path) -> None:
+        self.url = url
+        self.cafile = cafile
+        self.latencies: list[tuple[float, float]] = []  # (start, duration)
+        self.failures: list[str] = []
+        self.seen: set[tuple[str, str]] = set()  # (wsgi.url_scheme, REMOTE_ADDR)
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True)
+                         for _ in range(clients)]
+
+    def _loop(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    # verify= on each request: a REQUESTS_CA_BUNDLE in the
+                    # environment would override Session.verify.
+                    r = session.get(self.url, timeout=15, verify=str(self.cafile))
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                self.latencies.append((t0, time.monotonic() - t0))
+                if r.status_code != 200:
+                    self.failures.append(f"status {r.status_code}")
+                    continue
+                answer = r.json()
+                environ = answer["environ"]
+                self.seen.add((environ["wsgi.url_scheme"], environ["REMOTE_ADDR"]))
+                self.pids.add(answer["pid"])
+                time.sleep(0.005)
+
+    def __enter__(self) -> HttpsLoops:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+
+    def worst_since(self, since: float) -> float:
+        return max(d for t0, d in self.latencies if t0 >= since)
+
+    def count(self) -> int:
+        return len(self.latencies)
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[Server]:
+    with serve(APP, "--workers", "2", *tls_args(certificate), wait_workers=2) as s:
+        yield s
+
+
+def test_a_slow_request_delays_no_tls_keepalive_client_parked_beside_it(
+        tls_server: Server, certificate: tuple[Path, Path]) -> None:
+    # Two workers, ten HTTPS keep-alive clients looping on a fast URL beside a
+    # 3 s request. A TLS connection cannot move to the idle worker: the busy
+    # one relays it there. Without the relay those parked in the busy worker
+    # wait the whole 3 s. The answers are what the TLS worker itself would
+    # have given: https, the client's own address.
+    s, cafile = tls_server, certificate[0]
+    with HttpsLoops(s.url + "/echo", clients=10, cafile=cafile) as fast:
+        time.sleep(1.0)
+        since = time.monotonic()
+        for _ in range(2):
+            r = requests.get(s.url + "/slow?3", timeout=10, verify=str(cafile))
+            assert r.status_code == 200
+    worst = fast.worst_since(since)
+    assert worst < 1.5, worst
+    assert fast.failures == [], fast.failures[:5]
+    assert fast.seen == {("https", "127.0.0.1")}
+    assert len(fast.pids) == 2
+    assert "Traceback" not in s.log
+
+
+def test_a_tls_client_that_stops_reading_holds_only_its_own_connection(
+        certificate: tuple[Path, Path]) -> None:
+    # A TLS client asks for 64 MiB and reads nothing: its worker is stuck in
+    # the write until --write-timeout. The other HTTPS keep-alive clients
+    # must not wait for it.
+    with serve(APP, "--workers", "2", "--write-timeout", "4", *tls_args(certificate),
+               wait_workers=2) as s:
+        with HttpsLoops(s.url + "/echo", clients=10, cafile=certificate[0]) as fast:
+            time.sleep(1.0)
+            since = time.monotonic()
+            context = ssl.create_default_context(cafile=str(certificate[0]))
+            raw = socket.create_connection(s.address, timeout=10)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            stalled.sendall(b"GET /stream?67108864 HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(3.0)
+        worst = fast.worst_since(since)
+        stalled.close()
+        assert worst < 1.5, worst
+        assert fast.failures == [], fast.failures[:5]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_relayed_tls_connections_lose_no_request_when_the_relaying_worker_drains(
+        certificate: tuple[Path, Path], sig: int) -> None:
+    # Relays are made by slow requests; then the workers relaying them leave
+    # (HUP: replaced by a new generation; TERM to one worker: the master
+    # starts another). Every request of the keep-alive clients still gets
+    # its answer: the peer ends a relayed connection as a draining worker
+    # ends its own (Connection: close on the next answer, a FIN when idle),
+    # and the relaying worker waits for that before it exits.
+    with serve(APP, "--workers", "2", "--graceful-timeout", "10", "--log-level", "debug",
+               *tls_args(certificate), wait_workers=2) as s:
+        with HttpsLoops(s.url + "/echo", clients=8, cafile=certificate[0]) as fast:
+            time.sleep(1.0)
+            slow = [threading.Thread(target=requests.get, args=(s.url + "/slow?1.5",),
+                                     kwargs={"timeout": 10, "verify": str(certificate[0])})
+                    for _ in range(2)]
+            for t in slow:
+                t.start()
+            time.sleep(0.8)  # the busy workers are relaying now
+            relaying = set(s.worker_pids())
+            assert "(relayed)" in s.log
+            for t in slow:
+                t.join(10)
+            before = fast.count()
+            if sig == signal.SIGHUP:
+                s.send_signal(signal.SIGHUP)
+            else:
+                for pid in relaying:
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 8  # within --graceful-timeout
+            while set(s.worker_pids()) & relaying and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not set(s.worker_pids()) & relaying, "the old workers did not exit"
+            time.sleep(0.5)
+            after = fast.count()
+        assert fast.failures == [], fast.failures[:5]
+        assert after > before
+        assert "Traceback" not in s.log
+
+
+# -- bytes already read ---------------------------------------------------------
+GET_PID = b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def parked(address: tuple[str, int], rest: bytes = b"") -> tuple[socket.socket, int]:
+    """A kept-alive connection and the pid of its worker, which has read `rest` already.
+
+    One send carries a whole request and the first bytes of the next: the
+    worker answers the first and keeps the rest in its buffer.
+    """
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(GET_PID + rest)
+    head, body, extra = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ") and not CLOSE_RE.search(head + b"\r\n")
+    assert extra == b""
+    return sock, json.loads(body)["pid"]
+
+
+@pytest.mark.parametrize("rest", [GET_PID[:25], GET_PID[:1]],  # half a head, one byte
+                         ids=["half-a-head", "one-byte"])
+def test_a_connection_with_its_next_head_partly_read_moves_with_those_bytes(rest: bytes) -> None:
+    # A worker has read the start of a connection's next request when a 3 s
+    # request begins there, and the rest of the head arrives during it.
+    # Another worker answers it at once, from the bytes the first had read
+    # and the rest (before: the connection stayed, and waited the 3 s).
+    with serve(APP, "--workers", "2", wait_workers=2) as s:
+        plain: dict[int, socket.socket] = {}
+        started: dict[int, socket.socket] = {}
+        others = []
+        for _ in range(12):  # a plain one and a started one on the same worker
+            sock, pid = parked(s.address)
+            plain.setdefault(pid, sock) is sock or others.append(sock)
+            sock, pid = parked(s.address, rest)
+            started.setdefault(pid, sock) is sock or others.append(sock)
+            if plain.keys() & started.keys():
+                break
+        pid = next(iter(plain.keys() & started.keys()))
+        slow, waiting = plain[pid], started[pid]
+        slow.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        waiting.sendall(GET_PID[len(rest):])
+        head, body, _ = read_response(waiting)
+        took = time.monotonic() - t0
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert json.loads(body)["pid"] != pid
+        assert took < 1.5, took
+        # It stays a keep-alive connection in its new worker.
+        waiting.sendall(GET_PID)
+        head, _, _ = read_response(waiting)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert read_response(slow)[0].startswith(b"HTTP/1.1 200 ")
+        for sock in [*plain.values(), *started.values(), *others]:
+            sock.close()
