@@ -1006,10 +1006,11 @@ class WorkerLoop:
             if moved.listener >= len(self.bases):
                 sock.close()
                 continue
-            # A relayed one is plaintext (its TLS ends in the relaying worker),
-            # served with its TLS listener's environ: https, the client's address.
-            settings = self.settings if moved.relay is None else self.plain_settings
-            conn = Connection(sock, moved.peer, self.bases[moved.listener], settings, now)
+            # Never wrapped in TLS here: a TLS connection moves only as the
+            # plaintext end of a relay (its TLS ends in the relaying worker),
+            # served with its listener's environ: https, the client's address.
+            conn = Connection(sock, moved.peer, self.bases[moved.listener],
+                              self.plain_settings, now)
             self.conns[conn.fd] = conn
             if moved.relay is not None:
                 self.relayed[conn.fd] = moved.relay
