@@ -176,31 +176,35 @@ class Relays:
 
     def _update(self, pipe: Pipe, now: float) -> None:
         try:
-            going = pipe.pump(now)
-        except OSError:  # a reset, a TLS error, the peer gone: nothing left to carry
-            going = False
-        if not going:
+            if not pipe.pump(now):
+                self._end(pipe)
+                return
+            for fd, want in pipe.wanted().items():
+                have = pipe.masks[fd]
+                if want == have:
+                    continue
+                # A socket waiting for nothing leaves the set: a closed end would
+                # otherwise report EPOLLHUP on every wait.
+                if not want:
+                    self.epoll.unregister(fd)
+                elif not have:
+                    self.epoll.register(fd, want)
+                else:
+                    self.epoll.modify(fd, want)
+                pipe.masks[fd] = want
+        except (OSError, ValueError):  # a reset, a TLS error, the peer gone
             self._end(pipe)
-            return
-        for fd, want in pipe.wanted().items():
-            have = pipe.masks[fd]
-            if want == have:
-                continue
-            # A socket waiting for nothing leaves the set: a closed end would
-            # otherwise report EPOLLHUP on every wait.
-            if not want:
-                self.epoll.unregister(fd)
-            elif not have:
-                self.epoll.register(fd, want)
-            else:
-                self.epoll.modify(fd, want)
-            pipe.masks[fd] = want
 
     def _end(self, pipe: Pipe) -> None:
+        if self.pipes.get(pipe.tls.fileno()) is not pipe:
+            return  # ended already
         for fd, mask in pipe.masks.items():
             self.pipes.pop(fd, None)
             if mask:
-                self.epoll.unregister(fd)
+                try:
+                    self.epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
         pipe.close()
         self.count -= 1
 
