@@ -231,7 +231,7 @@ class Connection:
         state = self.state
         if state is State.READY:
             return state  # its turn comes; the bytes wait in the kernel until then
-        if self.handshaking and not self._handshake():
+        if self.handshaking and not self.handshake():
             return self.state
         try:
             data = self.sock.recv(RECV_SIZE)
@@ -272,8 +272,12 @@ class Connection:
             return self.advance_body(data)
         return self.state
 
-    def _handshake(self) -> bool:
-        """One non-blocking step of the TLS handshake; True once it is done."""
+    def handshake(self) -> bool:
+        """One non-blocking step of the TLS handshake; True once it is done.
+
+        Also called by the worker's handoff watcher for a connection whose
+        handshake would otherwise wait for a slow request (forkserve.worker).
+        """
         import ssl  # already loaded: only TLS connections handshake
 
         sock = self.sock

@@ -923,17 +923,25 @@ class WorkerLoop:
 
         Watcher thread, under the loop's lock. A connection moves when the
         taker can rebuild its state exactly: between requests or with its
-        head arriving (up to MAX_CARRIED bytes read, which go with it), its
-        TLS handshake done. A TLS connection stays here and is relayed
-        (relay_away); a plain one goes whole, and the taker reads the rest of
-        the request as if the connection had always been its own.
+        head arriving (up to MAX_CARRIED bytes read, which go with it). A TLS
+        connection stays here and is relayed (relay_away), once its handshake,
+        which this thread advances meanwhile, is done; a plain one goes whole,
+        and the taker reads the rest of the request as if the connection had
+        always been its own.
         """
         assert self.handoff is not None
         proxy_off = self.settings.proxy_protocol is None
         for fd, _mask in self.epoll.poll(0):
             conn = self.conns.get(fd)
+            if conn is not None and conn.handshaking and fd != self.running_fd:
+                # Its TLS session cannot move before it exists: take the
+                # handshake on here, without waiting for the slow request, and
+                # relay the connection once its request starts to arrive.
+                if not conn.handshake() and conn.state is State.CLOSED:
+                    self._forget(conn)
+                continue
             if (conn is None or fd == self.running_fd or conn.state not in (State.IDLE, State.HEAD)
-                    or len(conn.buf) > MAX_CARRIED or conn.handshaking):
+                    or len(conn.buf) > MAX_CARRIED):
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
             if index < 0:

@@ -237,3 +237,85 @@ def test_a_connection_with_its_next_head_partly_read_moves_with_those_bytes(rest
         assert read_response(slow)[0].startswith(b"HTTP/1.1 200 ")
         for sock in [*plain.values(), *started.values(), *others]:
             sock.close()
+
+
+def worker_holding(client_port: int, pids: list[int]) -> int | None:
+    """The worker whose socket is the server end of our connection from `client_port`."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[2].split(":")[1], 16) == client_port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def tls_get_pid(context: ssl.SSLContext, address: tuple[str, int]) -> tuple[ssl.SSLSocket, int]:
+    sock = context.wrap_socket(socket.create_connection(address, timeout=10),
+                               server_hostname="127.0.0.1")
+    sock.sendall(GET_PID)
+    _head, body, _ = read_response(sock)  # type: ignore[arg-type]
+    return sock, json.loads(body)["pid"]
+
+
+def test_a_tls_handshake_begun_before_a_slow_request_does_not_wait_for_it(
+        certificate: tuple[Path, Path]) -> None:
+    # A client's TLS handshake is half done in a worker (it has answered the
+    # ClientHello) when that worker starts a 3 s request. The client finishes
+    # its handshake and sends a request: the busy worker's watcher completes
+    # the handshake and relays the connection to the idle worker, instead of
+    # leaving both for the 3 s (before: the connection waited the 3 s).
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs /proc/net/tcp to find the worker holding a connection")
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    with serve(APP, "--workers", "2", *tls_args(certificate), wait_workers=2) as s:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        half = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        raw = socket.create_connection(s.address, timeout=10)
+        with pytest.raises(ssl.SSLWantReadError):
+            half.do_handshake()
+        raw.sendall(outgoing.read())  # the ClientHello
+        incoming.write(raw.recv(65536))  # the server's answer: the worker has begun
+        holder = worker_holding(raw.getsockname()[1], s.worker_pids())
+        assert holder is not None
+        others = []
+        for _ in range(20):  # a keep-alive TLS connection on the same worker
+            sock, pid = tls_get_pid(context, s.address)
+            if pid == holder:
+                break
+            others.append(sock)
+        else:
+            pytest.fail("no connection landed on the worker holding the handshake")
+        sock.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        half.do_handshake()  # the server's flight is all here (TLS 1.3: one round trip)
+        half.write(GET_PID)
+        raw.sendall(outgoing.read())
+        answer = b""
+        while b"}" not in answer:
+            data = raw.recv(65536)
+            assert data, "closed before the answer"
+            incoming.write(data)
+            try:
+                answer += half.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        took = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["pid"] != holder
+        assert took < 1.5, took
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")  # type: ignore[arg-type]
+        for other in [sock, raw, *others]:
+            other.close()
