@@ -11,7 +11,8 @@ connection runs the app only once its request is complete (DESIGN.md §2
 "Keep-alive without pinning a worker"). A second thread, the handoff
 watcher, moves parked connections with a request waiting to an idle worker
 while a request runs long (forkserve.handoff); it touches them only under
-the loop's lock, which the loop releases only around the app call.
+the loop's lock, which the loop releases only around the app call. With TLS
+it relays them instead (forkserve.relay), and the relays are its alone.
 """
 
 from __future__ import annotations
