@@ -980,7 +980,10 @@ class WorkerLoop:
         decrypted; this worker keeps the TLS socket and relays (forkserve.relay).
         """
         assert self.handoff is not None and self.relays is not None
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of descriptors: the connection stays here
+            return False
         try:
             sent = self.handoff.send(theirs.fileno(),
                                      moved._replace(relay=(self.worker.slot, os.getpid())))
