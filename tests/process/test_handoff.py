@@ -167,8 +167,12 @@ def test_relayed_tls_connections_lose_no_request_when_the_relaying_worker_drains
                *tls_args(certificate), wait_workers=2) as s:
         with HttpsLoops(s.url + "/echo", clients=8, cafile=certificate[0]) as fast:
             time.sleep(1.0)
-            relaying = requests.get(s.url + "/slow?1", timeout=10, verify=cafile).json()["pid"]
-            assert "(relayed)" in s.log
+            for _ in range(5):  # until the slow request lands beside parked clients
+                relaying = requests.get(s.url + "/slow?1", timeout=10,
+                                        verify=cafile).json()["pid"]
+                if f"[{relaying}] [DEBUG] Handing" in s.log:
+                    break
+            assert f"[{relaying}] [DEBUG] Handing" in s.log, "no connection was relayed"
             old = set(s.worker_pids())
             before = fast.count()
             if how == "hup":
