@@ -923,8 +923,9 @@ class WorkerLoop:
         """Send every parked connection whose next request is arriving to another worker.
 
         Watcher thread, under the loop's lock. A connection moves when the
-        taker can rebuild its state exactly: between requests or with its
-        head arriving (up to MAX_CARRIED bytes read, which go with it). A TLS
+        taker can rebuild its state exactly (Connection.carried: between
+        requests, with its head arriving, or with a request without a body
+        waiting; up to MAX_CARRIED bytes read, which go with it). A TLS
         connection stays here and is relayed (relay_away), once its handshake,
         which this thread advances meanwhile, is done; a plain one goes whole,
         and the taker reads the rest of the request as if the connection had
@@ -932,17 +933,23 @@ class WorkerLoop:
         """
         assert self.handoff is not None
         proxy_off = self.settings.proxy_protocol is None
-        for fd, _mask in self.epoll.poll(0):
-            conn = self.conns.get(fd)
-            if conn is not None and conn.handshaking and fd != self.running_fd:
+        # Those with bytes arriving, and those with a complete request waiting
+        # for its turn behind the slow one (read in the same pass).
+        waiting = [fd for fd, _mask in self.epoll.poll(0)]
+        waiting += [c.fd for c in self.ready if c.state is State.READY]
+        for fd in waiting:
+            conn = self.conns.get(fd)  # (None once moved: a READY one may be in both lists)
+            if conn is None or fd == self.running_fd:
+                continue
+            if conn.handshaking:
                 # Its TLS session cannot move before it exists: take the
                 # handshake on here, without waiting for the slow request, and
                 # relay the connection once its request starts to arrive.
                 if not conn.handshake() and conn.state is State.CLOSED:
                     self._forget(conn)
                 continue
-            if (conn is None or fd == self.running_fd or conn.state not in (State.IDLE, State.HEAD)
-                    or len(conn.buf) > MAX_CARRIED):
+            data = conn.carried()
+            if data is None or len(data) > MAX_CARRIED:
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
             if index < 0:
@@ -950,8 +957,7 @@ class WorkerLoop:
             # Fresh: nothing consumed yet, so the taker expects its PROXY header
             # as this worker would (one whose header was read goes as kept).
             fresh = conn.requests == 0 and (conn.proxy_pending or proxy_off)
-            moved = Moved(index, conn.peer, fresh, bytes(conn.buf), conn.deadline,
-                          self.relayed.get(fd))
+            moved = Moved(index, conn.peer, fresh, data, conn.deadline, self.relayed.get(fd))
             if conn.tls:
                 if not self.relay_away(conn, moved):
                     continue

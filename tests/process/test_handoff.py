@@ -329,3 +329,39 @@ def test_a_tls_handshake_begun_before_a_slow_request_does_not_wait_for_it(
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")  # type: ignore[arg-type]
         for other in [sock, raw, *others]:
             other.close()
+
+
+def test_a_request_read_in_the_same_pass_as_a_slow_one_moves_to_an_idle_worker() -> None:
+    # A worker busy for 0.3 s finds two things when it is back: a new
+    # connection with a complete request (A), and a 3 s request on a parked
+    # connection. It reads A's request when it accepts it, then runs the 3 s
+    # request: A's request, parsed and waiting for its turn, moves to the
+    # other worker once that is free (at 0.6 s). Before, it waited the 3 s.
+    with serve(APP, "--workers", "2", wait_workers=2) as s:
+        by_pid: dict[int, list[socket.socket]] = {}
+        for _ in range(16):
+            sock, pid = parked(s.address)
+            by_pid.setdefault(pid, []).append(sock)
+            if len(by_pid) == 2 and min(len(v) for v in by_pid.values()) >= 2:
+                break
+        busy_pid, other_pid = sorted(by_pid, key=lambda p: -len(by_pid[p]))
+        slow_next, short, other = by_pid[busy_pid][0], by_pid[busy_pid][1], by_pid[other_pid][0]
+        time.sleep(0.5)  # a worker that stepped out of the accept queue is back in it
+        other.sendall(b"GET /slow?0.6 HTTP/1.1\r\nHost: test\r\n\r\n")
+        short.sendall(b"GET /slow?0.3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        fresh = socket.create_connection(s.address, timeout=10)
+        fresh.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)
+        slow_next.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        head, body, _ = read_response(fresh)
+        took = time.monotonic() - t0
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert took < 2.0, (took, json.loads(body)["pid"], busy_pid)
+        for sock in (short, other, slow_next):
+            assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")
+        for socks in by_pid.values():
+            for sock in socks:
+                sock.close()
+        fresh.close()
