@@ -23,9 +23,10 @@ What moves is what can be rebuilt exactly on the other side from the
 socket, the bytes already read from it (a request head partly received, or
 the start of the next one after a keep-alive response), the listener, the
 client's address and whether its PROXY header is still to come: a
-connection between requests or with its head arriving, up to
-`MAX_CARRIED` bytes read. One whose body is arriving, whose request
-is complete, or that is mid-response stays where it is.
+connection between requests, with its head arriving, or with a complete
+request without a body waiting for its turn (its head as received goes
+along), up to `MAX_CARRIED` bytes (Connection.carried). One whose body is
+arriving or that is in the app stays where it is.
 
 TLS connections cannot move (their session state lives in this worker's
 OpenSSL). For them the busy worker keeps the TLS socket and hands over one

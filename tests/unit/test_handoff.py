@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from forkserve.connection import Connection, Settings, State
 from forkserve.handoff import MAX_CARRIED, HandoffChannel, Moved, decode, encode
+from forkserve.http import Limits
 
 
 @pytest.fixture
@@ -101,3 +103,42 @@ def test_a_message_without_a_descriptor_is_refused(channel: HandoffChannel) -> N
     channel.send_end.send(encode(Moved(0, None, True)))
     assert channel.receive() is None
     assert channel.receive() is None  # and the queue is empty again
+
+
+# -- what a connection carries when it moves (Connection.carried) ----------------
+def carried_after(*sends: bytes) -> tuple[State, bytes | None]:
+    """A server-side Connection fed `sends` (one read each): its state, and what it would carry."""
+    client, server = socket.socketpair()
+    server.setblocking(False)
+    conn = Connection(server, ("192.0.2.1", 1234), {}, Settings(Limits(), 5.0, 10.0, 10.0,
+                                                                  10.0, 1 << 20), 0.0)
+    try:
+        for data in sends:
+            client.sendall(data)
+            conn.on_readable(0.0)
+        return conn.state, conn.carried()
+    finally:
+        client.close()
+        conn.close()
+
+
+@pytest.mark.parametrize(("sends", "state", "carried"), [
+    ((), State.HEAD, b""),  # nothing read yet
+    ((b"GET / HTTP/1.1\r\nHo",), State.HEAD, b"GET / HTTP/1.1\r\nHo"),
+    ((b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",), State.READY,
+     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),  # as received, after the empty line it skips
+    ((b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT",), State.READY,
+     b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT"),  # and what came after it
+    ((b"GET / HTTP/1.2\r\nHost: x\r\n\r\n",), State.READY,
+     b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"),  # before the HTTP/1.1 rewrite
+    ((b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",), State.BODY, None),
+    ((b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",), State.READY, None),
+    ((b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",),
+     State.READY, None),  # an empty chunked body is still a body
+    ((b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",), State.READY,
+     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+], ids=["unread", "half-a-head", "complete", "pipelined", "http-1.2", "body-arriving",
+        "body-read", "chunked-empty", "length-0"])
+def test_a_connection_carries_exactly_what_rebuilds_it(sends: tuple[bytes, ...], state: State,
+                                                       carried: bytes | None) -> None:
+    assert carried_after(*sends) == (state, carried)
