@@ -23,6 +23,7 @@ import gc
 import multiprocessing
 import selectors
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -419,11 +420,18 @@ def run_load(
     return result
 
 
-def get_status(port: int, timeout_s: float = 1.0, path: str = "/") -> int | None:
-    """One blocking GET with `Connection: close`; the status code, or None if no answer."""
+def get_status(port: int, timeout_s: float = 1.0, path: str = "/",
+               tls: ssl.SSLContext | None = None) -> int | None:
+    """One blocking GET with `Connection: close`; the status code, or None if no answer.
+
+    `tls`: the client context for a server started with --certfile.
+    """
     request = build_request(port, path=path, close=True)
     try:
-        with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+        sock = socket.create_connection((HOST, port), timeout=timeout_s)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=HOST)
+        with sock:
             sock.sendall(request)
             reader = ResponseReader()
             deadline = time.monotonic() + timeout_s

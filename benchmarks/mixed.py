@@ -2,6 +2,7 @@
 
     python -m benchmarks.mixed [--duration 8] [--repeat 2] [--workers 2] [--slow 1]
                                [--servers forkserve,gunicorn-sync,gunicorn-gthread]
+                               [--tls] [--tree PATH]
 
 Three classes of clients load one server at the same time (issue 11):
 
@@ -11,13 +12,17 @@ Three classes of clients load one server at the same time (issue 11):
   report, an upstream call);
 - `close`: connection-close clients, one new connection per request.
 
-Each class's p50 and p99 latency and its request count are printed per
+Each class's p50, p99 and worst latency and its request count are printed per
 server, from interleaved runs (server after server, `--repeat` rounds). A
 fast client parked behind a slow request shows up in `fast`'s p99; a server
 that pins connections to busy workers shows it there first. The clients are
 Python threads on blocking sockets: their own overhead is in every number,
 alike for every server, so compare servers within one run, never runs on
 different machines.
+
+`--tls` serves HTTPS (a self-signed certificate made with the `openssl`
+command) and the clients keep their TLS sessions; `--tree` runs forkserve
+from another checkout (a before/after of a change: `git worktree add`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import math
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -93,7 +100,7 @@ def _read_response(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
 
 
 def _client_loop(port: int, path: str, close: bool, until: float, out: ClassResult,
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, tls: ssl.SSLContext | None = None) -> None:
     """One client: requests on one connection (a new one after a close) until `until`."""
     request = _request(path, port, close)
     sock: socket.socket | None = None
@@ -103,6 +110,8 @@ def _client_loop(port: int, path: str, close: bool, until: float, out: ClassResu
         try:
             if sock is None:
                 sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                if tls is not None:
+                    sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
                 buf = b""
             sock.sendall(request)
             head, buf = _read_response(sock, buf)
@@ -124,7 +133,8 @@ def _client_loop(port: int, path: str, close: bool, until: float, out: ClassResu
         sock.close()
 
 
-def measure(port: int, mix: Mix, duration_s: float) -> dict[str, ClassResult]:
+def measure(port: int, mix: Mix, duration_s: float,
+            tls: ssl.SSLContext | None = None) -> dict[str, ClassResult]:
     """Run every class of clients against the server on `port` for `duration_s`."""
     results = {name: ClassResult() for name in CLASSES}
     lock = threading.Lock()
@@ -132,7 +142,7 @@ def measure(port: int, mix: Mix, duration_s: float) -> dict[str, ClassResult]:
     plan = ([("fast", "/", False)] * mix.fast + [("slow", f"/slow?{mix.slow_s:g}", False)]
             * mix.slow + [("close", "/", True)] * mix.close)
     threads = [threading.Thread(target=_client_loop,
-                                args=(port, path, close, until, results[name], lock),
+                                args=(port, path, close, until, results[name], lock, tls),
                                 daemon=True)
                for name, path, close in plan]
     for t in threads:
@@ -143,9 +153,13 @@ def measure(port: int, mix: Mix, duration_s: float) -> dict[str, ClassResult]:
 
 
 def format_table(rows: dict[str, dict[str, ClassResult]], mix: Mix) -> str:
-    """One line per server: p50 / p99 in ms and the request count for each class."""
+    """One line per server: p50 / p99 / max in ms and the request count for each class.
+
+    The max is where a client parked behind a slow request shows: a few
+    one-second waits among thousands of fast requests stay below the p99.
+    """
     header = "| server | " + " | ".join(
-        f"{name} p50 / p99 ms (n)" for name in CLASSES) + " | errors |"
+        f"{name} p50 / p99 / max ms (n)" for name in CLASSES) + " | errors |"
     lines = [
         f"{mix.fast} fast keep-alive clients, {mix.slow} clients looping on a "
         f"{mix.slow_s:g} s request, {mix.close} connection-close clients",
@@ -154,11 +168,23 @@ def format_table(rows: dict[str, dict[str, ClassResult]], mix: Mix) -> str:
         "| --- | " + " | ".join("---:" for _ in CLASSES) + " | ---: |",
     ]
     for server, classes in rows.items():
-        cells = [f"{classes[name].percentile(50):.1f} / {classes[name].percentile(99):.1f} "
-                 f"({len(classes[name].latencies_ms)})" for name in CLASSES]
+        cells = [f"{classes[name].percentile(50):.1f} / {classes[name].percentile(99):.1f} / "
+                 f"{classes[name].percentile(100):.0f} ({len(classes[name].latencies_ms)})"
+                 for name in CLASSES]
         errors = sum(c.errors for c in classes.values())
         lines.append(f"| {server} | " + " | ".join(cells) + f" | {errors} |")
     return "\n".join(lines)
+
+
+def tls_setup(folder: Path) -> tuple[list[str], ssl.SSLContext]:
+    """A self-signed certificate: the server's arguments, and a client context trusting it."""
+    cert, key = folder / "mixed-cert.pem", folder / "mixed-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(cafile=str(cert))
+    return ["--certfile", str(cert), "--keyfile", str(key)], context
 
 
 def merge(into: dict[str, ClassResult], more: dict[str, ClassResult]) -> None:
@@ -175,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
     parser.add_argument("--slow", type=int, default=Mix.slow,
                         help="clients looping on the slow request (as many as workers: saturated)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS; clients keep sessions")
+    parser.add_argument("--tree", type=Path, default=servers.REPO_ROOT,
+                        help="the checkout to run the servers from (default: this one)")
     args = parser.parse_args(argv)
     mix = Mix(slow=args.slow)
     names = [n for n in args.servers.split(",") if n]
@@ -187,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         specs.append(spec)
     WORK_DIR.mkdir(parents=True, exist_ok=True)
+    extra: list[str] = []
+    tls: ssl.SSLContext | None = None
+    if args.tls:
+        extra, tls = tls_setup(WORK_DIR)
     rows: dict[str, dict[str, ClassResult]] = {
         spec.name: {name: ClassResult() for name in CLASSES} for spec in specs}
     for round_ in range(args.repeat):
         for spec in specs:
-            running = servers.start(spec, APP, args.workers, WORK_DIR)
+            running = servers.start(spec, APP, args.workers, WORK_DIR, tree=args.tree,
+                                    extra_args=extra, tls=tls)
             try:
-                merge(rows[spec.name], measure(running.port, mix, args.duration))
+                merge(rows[spec.name], measure(running.port, mix, args.duration, tls))
             finally:
                 servers.stop(running)
             fast = rows[spec.name]["fast"]

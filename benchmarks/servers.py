@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -262,12 +263,14 @@ def log_tail(path: Path) -> str:
 
 
 def start(spec: ServerSpec, app: str, workers: int, log_dir: Path,
-          tree: Path = REPO_ROOT, extra_args: Sequence[str] = ()) -> Running:
+          tree: Path = REPO_ROOT, extra_args: Sequence[str] = (),
+          tls: ssl.SSLContext | None = None) -> Running:
     """Start `spec` serving `app` and wait for the first 200; time it from the spawn.
 
     `tree` is the checkout the apps (and forkserve, run with `-m` from there)
     come from: another one for `benchmarks.ab`, which may also add `extra_args`
-    to the command line (`--metrics-bind ...` against none).
+    to the command line (`--metrics-bind ...` against none). `tls`: the
+    client context to reach a server that `extra_args` made serve HTTPS.
     """
     port = free_port()
     log_path = log_dir / f"{spec.name}-{port}.log"
@@ -285,21 +288,21 @@ def start(spec: ServerSpec, app: str, workers: int, log_dir: Path,
         )
     running = Running(spec.name, popen, port, log_path, startup_s=0.0)
     try:
-        running.startup_s = _wait_ready(running, began)
+        running.startup_s = _wait_ready(running, began, tls)
     except BaseException:
         stop(running)
         raise
     return running
 
 
-def _wait_ready(running: Running, began: float) -> float:
+def _wait_ready(running: Running, began: float, tls: ssl.SSLContext | None = None) -> float:
     deadline = began + START_TIMEOUT_S
     while time.perf_counter() < deadline:
         if running.popen.poll() is not None:
             raise StartFailed(
                 f"exited with code {running.popen.returncode}: {log_tail(running.log_path)}"
             )
-        status = get_status(running.port, timeout_s=1.0)
+        status = get_status(running.port, timeout_s=1.0, tls=tls)
         if status == 200:
             return time.perf_counter() - began
         # Short naps: start-up is measured to the first 200, so the polling

@@ -161,15 +161,16 @@ class Arbiter:
         # replacement at once instead of at its next 0.5 s check.
         self.notices_r, self.notices_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Busy workers move parked connections with a request waiting to idle
-        # ones over this (forkserve.handoff); not with TLS.
-        self.handoff = HandoffChannel() if not cfg.certfile else None
+        # ones over this (forkserve.handoff), or relay TLS ones through it (forkserve.relay).
+        self.handoff = HandoffChannel()
         # A frozen worker's parked connections with nothing read go to the
-        # others through the same channel before it is killed (forkserve.rescue).
+        # others through the same channel before it is killed (forkserve.rescue);
+        # not with TLS: the session lives in the frozen worker's OpenSSL.
         self.rescuer = (Rescuer(self.handoff,
                                 {lst.sock.getsockname()[1] for lst in listeners
                                  if not lst.is_unix},
                                 any(lst.is_unix for lst in listeners))
-                        if self.handoff is not None else None)
+                        if not cfg.certfile else None)
         # Observability (--metrics-bind, --statsd-host, PROMETHEUS_MULTIPROC_DIR):
         # the sockets are bound by the CLI before privileges are dropped.
         self.metrics = metrics

@@ -161,6 +161,7 @@ class Connection:
         "hold_fd",
         "line_judged",
         "writer",
+        "raw_head",
     )
 
     def __init__(
@@ -196,6 +197,7 @@ class Connection:
         self.scan = 0
         self.line_judged = False  # the request line in `buf` has ended and is valid
         self.writer: ResponseWriter | None = None  # while the app runs: its response
+        self.raw_head = b""  # the last head as received (kept for `carried`, not copied)
         self.deadline = now + settings.header_timeout
         # The body past --body-buffer-size, on disk while it arrives (None = all in memory).
         self.spool: IO[bytes] | None = None
@@ -231,7 +233,7 @@ class Connection:
         state = self.state
         if state is State.READY:
             return state  # its turn comes; the bytes wait in the kernel until then
-        if self.handshaking and not self._handshake():
+        if self.handshaking and not self.handshake():
             return self.state
         try:
             data = self.sock.recv(RECV_SIZE)
@@ -272,8 +274,32 @@ class Connection:
             return self.advance_body(data)
         return self.state
 
-    def _handshake(self) -> bool:
-        """One non-blocking step of the TLS handshake; True once it is done."""
+    def carried(self) -> bytes | None:
+        """What another worker needs besides the socket to go on exactly from here; None if
+        the state is more than bytes.
+
+        Between requests or with a head arriving: the bytes read so far. A
+        complete request without a body, waiting for its turn: its head as
+        received and whatever came after it. A body arriving or a request in
+        the app: None (forkserve.handoff moves only what this rebuilds).
+        """
+        state = self.state
+        if self.handshaking:
+            return None
+        if state is State.IDLE or state is State.HEAD:
+            return bytes(self.buf)
+        facts = self.facts
+        if (state is State.READY and facts is not None and not facts.content_length
+                and not facts.chunked):
+            return self.raw_head + self.decoder.rest
+        return None
+
+    def handshake(self) -> bool:
+        """One non-blocking step of the TLS handshake; True once it is done.
+
+        Also called by the worker's handoff watcher for a connection whose
+        handshake would otherwise wait for a slow request (forkserve.worker).
+        """
         import ssl  # already loaded: only TLS connections handshake
 
         sock = self.sock
@@ -329,7 +355,7 @@ class Connection:
                     self.buf += fresh
                 self.scan = len(self.buf)
                 return self.state
-            head = bytes(buf[:end])  # a whole bytes object is not copied
+            head = self.raw_head = bytes(buf[:end])  # a whole bytes object is not copied
             rest = bytes(buf[end:])
             facts = check_head(head, limits)
             if facts.http11:

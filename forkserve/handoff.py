@@ -19,16 +19,26 @@ sits idle. The way out is to move the connection, not the request:
   been its own. If every worker is busy the connection waits in the pair's
   queue, and the first to be free takes it: no worker is ever worse off.
 
-Only connections with nothing buffered in user space move: idle keep-alive
-connections, and new ones accepted in the same batch as the slow request and
-parked unread. The bytes that matter are all still in the kernel: nothing
-has to be copied and nothing can be lost on the way. TLS connections never move (their session
-state lives in the worker's OpenSSL), so with TLS this is off.
+What moves is what can be rebuilt exactly on the other side from the
+socket, the bytes already read from it (a request head partly received, or
+the start of the next one after a keep-alive response), the listener, the
+client's address and whether its PROXY header is still to come: a
+connection between requests, with its head arriving, or with a complete
+request without a body waiting for its turn (its head as received goes
+along), up to `MAX_CARRIED` bytes (Connection.carried). One whose body is
+arriving or that is in the app stays where it is.
+
+TLS connections cannot move (their session state lives in this worker's
+OpenSSL). For them the busy worker keeps the TLS socket and hands over one
+end of a unix socket pair instead, marked with the worker relaying it; its
+watcher thread then relays the bytes between the two (forkserve.relay), and
+the peer serves the plaintext as it would have served the TLS connection.
 """
 
 from __future__ import annotations
 
 import socket
+from typing import NamedTuple
 
 # Run in the app longer than this and the parked connections that have a
 # request waiting move to an idle worker. Short against the 100 ms a user
@@ -38,7 +48,52 @@ HANDOFF_AFTER_S = 0.03
 # How often the watcher thread looks at the request in progress. It only
 # reads two attributes, under the GIL, 50 times a second.
 WATCH_INTERVAL_S = 0.02
-_MAX_MESSAGE = 512  # listener index and client address: a few dozen bytes
+# The most bytes already read that a connection takes along: the default
+# --limit-request-head, so a head partly received moves whole. A message is
+# one SOCK_SEQPACKET datagram, and the pair's buffer (about 200 KiB by
+# default) must hold a few; a connection with more read stays where it is.
+MAX_CARRIED = 65536
+_MAX_HEADER = 512  # the text line before the bytes: a few dozen characters
+_FRESH, _RELAYED = 1, 2  # flags in the message
+
+
+class Moved(NamedTuple):
+    """What a worker taking a connection needs besides its socket (forkserve.handoff)."""
+
+    listener: int  # index of the listener it came from, the same in every worker
+    peer: tuple[str, int] | None  # the client's address (None: a unix socket listener)
+    # Nothing consumed from it yet: its PROXY header, if the listener wants
+    # one, is still to come. Otherwise it is a kept-alive connection.
+    fresh: bool
+    data: bytes = b""  # read from it already: the start of its next request head
+    deadline: float = 0.0  # with `data`: when that head times out (CLOCK_MONOTONIC is system-wide)
+    # A TLS connection relayed by another worker: (its heartbeat slot, its pid).
+    # The socket is the plaintext end of the relay; None = the client's own socket.
+    relay: tuple[int, int] | None = None
+
+
+def encode(moved: Moved) -> bytes:
+    """The message that goes with the descriptor: one text line, then the bytes read."""
+    host, port = moved.peer if moved.peer is not None else ("", 0)
+    flags = (_FRESH if moved.fresh else 0) | (_RELAYED if moved.relay is not None else 0)
+    slot, pid = moved.relay if moved.relay is not None else (0, 0)
+    line = f"{moved.listener} {flags} {slot} {pid} {moved.deadline!r} {port} {host}\n"
+    return line.encode("ascii", "replace") + moved.data
+
+
+def decode(message: bytes) -> Moved | None:
+    """The fields of `encode`'s message; None if it is not one."""
+    line, newline, data = message.partition(b"\n")
+    if not newline or len(line) > _MAX_HEADER or len(data) > MAX_CARRIED:
+        return None
+    try:
+        listener, flags, slot, pid, deadline, port, host = line.decode("ascii").split(" ", 6)
+        moved = Moved(int(listener), (host, int(port)) if host else None,
+                      bool(int(flags) & _FRESH), data, float(deadline),
+                      (int(slot), int(pid)) if int(flags) & _RELAYED else None)
+    except ValueError:
+        return None
+    return moved if moved.listener >= 0 else None
 
 
 class HandoffChannel:
@@ -59,39 +114,35 @@ class HandoffChannel:
         """The end workers wait on for connections to take."""
         return self.receive_end.fileno()
 
-    def send(self, fd: int, listener: int, peer: tuple[str, int] | None, fresh: bool) -> bool:
-        """Send the connection `fd` to whichever worker takes it first; False if not sent.
-
-        `fresh`: accepted but never read (its PROXY header, if any, is still
-        to come); otherwise a kept-alive connection between requests.
-        """
-        host, port = peer if peer is not None else ("", 0)
-        message = f"{listener} {int(fresh)} {port} {host}".encode("ascii", "replace")
+    def send(self, fd: int, moved: Moved) -> bool:
+        """Send the connection `fd` to whichever worker takes it first; False if not sent."""
+        if len(moved.data) > MAX_CARRIED:
+            return False
         try:
-            socket.send_fds(self.send_end, [message], [fd])
+            socket.send_fds(self.send_end, [encode(moved)], [fd])
         except OSError:  # BlockingIOError: the queue is full; the worker keeps it
             return False
         return True
 
-    def receive(self) -> tuple[socket.socket, int, tuple[str, int] | None, bool] | None:
-        """A connection another worker sent: (socket, listener index, peer, fresh); None if none."""
+    def receive(self) -> tuple[socket.socket, Moved] | None:
+        """A connection another worker sent, and what goes with it; None if none (or unusable).
+
+        A message that is not ours, cut short, or without exactly one
+        descriptor is dropped, and every descriptor that came with it closed.
+        """
         try:
-            message, fds, _flags, _addr = socket.recv_fds(self.receive_end, _MAX_MESSAGE, 1)
+            message, fds, flags, _addr = socket.recv_fds(self.receive_end,
+                                                         _MAX_HEADER + MAX_CARRIED, 1)
         except (BlockingIOError, InterruptedError):
             return None
-        if not fds:
-            return None
-        try:
-            index_text, fresh_text, port_text, host = message.decode("ascii").split(" ", 3)
-            index, fresh, port = int(index_text), fresh_text == "1", int(port_text)
-        except ValueError:
+        moved = decode(message) if not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) else None
+        if moved is None or len(fds) != 1:
             for fd in fds:
                 _close_fd(fd)
             return None
         sock = socket.socket(fileno=fds[0])
         sock.setblocking(False)
-        peer = (host, port) if host else None
-        return sock, index, peer, fresh
+        return sock, moved
 
     def close(self) -> None:
         self.send_end.close()

@@ -206,6 +206,14 @@ class Peers:
         """This worker accepts no more connections (it drains or exits)."""
         _LOAD.pack_into(self.loads, self.offset, 0)
 
+    def gone(self, index: int, pid: int) -> bool:
+        """Has worker `pid` of slot `index` stopped serving (draining, exited, replaced)?"""
+        if not 0 <= index < len(self.loads) // _LOAD.size:
+            return True
+        load: int = _LOAD.unpack_from(self.loads, index * _LOAD.size)[0]
+        slot_pid: int = _HEAD.unpack_from(self.mem, index * self.slot_size)[0]
+        return load == 0 or slot_pid != pid
+
     def fewest(self, now: float) -> int | None:
         """The fewest connections a serving peer holds; None when no peer serves."""
         loads: tuple[int, ...] = self.table.unpack_from(self.loads)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ctypes
 
-from forkserve.handoff import HandoffChannel
+from forkserve.handoff import HandoffChannel, Moved
 from forkserve.heartbeat import movable_listener, unchanged
 from forkserve.log import log
 
@@ -198,7 +198,8 @@ class Rescuer:
         """Put the rescued connections into the handoff queue, oldest first, while it has room."""
         while self.pending:
             item = self.pending[0]
-            if not self.channel.send(item.sock.fileno(), item.listener, item.peer, item.fresh):
+            if not self.channel.send(item.sock.fileno(),
+                                     Moved(item.listener, item.peer, item.fresh)):
                 break  # full: the loop waits for room (writable_fd) and comes back
             self.pending.popleft()
             item.sock.close()  # our copy: the one in the queue keeps the connection

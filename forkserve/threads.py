@@ -263,7 +263,7 @@ class ThreadedLoop(WorkerLoop):
             conn = ready.popleft()
             if conn.state is not State.READY or conns.get(conn.fd) is not conn:
                 continue
-            conn.draining = self.draining
+            conn.draining = self.drains(conn)
             conn.hold_fd = True
             busy[conn.fd] = conn
             self.jobs.put(conn)

@@ -11,12 +11,14 @@ connection runs the app only once its request is complete (DESIGN.md §2
 "Keep-alive without pinning a worker"). A second thread, the handoff
 watcher, moves parked connections with a request waiting to an idle worker
 while a request runs long (forkserve.handoff); it touches them only under
-the loop's lock, which the loop releases only around the app call.
+the loop's lock, which the loop releases only around the app call. With TLS
+it relays them instead (forkserve.relay), and the relays are its alone.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import errno
 import faulthandler
@@ -33,7 +35,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
@@ -42,7 +44,13 @@ from forkserve.config import Config, threads_per_worker
 from forkserve.connection import Connection, Refusal, RequestHooks, State, settings_from
 from forkserve.environ import ServerFacts
 from forkserve.errors import AppLoadError, ForkserveError, WorkerExit
-from forkserve.handoff import HANDOFF_AFTER_S, WATCH_INTERVAL_S, HandoffChannel
+from forkserve.handoff import (
+    HANDOFF_AFTER_S,
+    MAX_CARRIED,
+    WATCH_INTERVAL_S,
+    HandoffChannel,
+    Moved,
+)
 from forkserve.health import with_health_path
 from forkserve.heartbeat import MOVABLE_FDS, NOT_MOVABLE, SlotWriter, movable_code
 from forkserve.hooks import HookRequest, HookResponse, Hooks
@@ -56,6 +64,9 @@ from forkserve.sockets import Listener
 from forkserve.stats import NO_RESPONSE, StatsTable, StatsWriter
 from forkserve.statsd import Statsd
 from forkserve.wsgi import FileWrapper
+
+if TYPE_CHECKING:
+    from forkserve.relay import Relays
 
 WORKER_SIGNALS = (
     signal.SIGTERM,
@@ -141,7 +152,7 @@ class Worker:
     # tells the master, which starts its replacement at once (Arbiter.collect_notices).
     notice_fd: int = -1
     # Moves parked connections with a request waiting away from a worker busy
-    # in a slow request (forkserve.handoff); None = off (TLS).
+    # in a slow request (forkserve.handoff); None = off.
     handoff: HandoffChannel | None = None
     stats: StatsTable | None = None  # --metrics-bind: the worker counts into its slot
     statsd: Statsd | None = None  # --statsd-host: the master's socket, inherited
@@ -354,7 +365,20 @@ class WorkerLoop:
         self.errors = self.error_stream_class()
         self.listen_socks: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.bases: list[dict[str, Any]] = []  # each listener's base environ, by index
-        self.handoff = worker.handoff if not cfg.certfile else None
+        self.handoff = worker.handoff
+        # With TLS a busy worker relays its parked connections to an idle peer
+        # instead of handing them over (forkserve.relay): the watcher thread runs it.
+        self.relays: Relays | None = None
+        if self.settings.tls is not None and self.handoff is not None:
+            from forkserve.relay import Relays  # imports ssl: only where TLS is on
+
+            self.relays = Relays(cfg.write_timeout)
+        # What a relayed connection is served with: its TLS ends in the relaying worker.
+        self.plain_settings = (dataclasses.replace(self.settings, tls=None)
+                               if self.settings.tls is not None else self.settings)
+        # Connections relayed by another worker: fd -> (its slot, its pid). When
+        # that worker leaves, they are ended as a draining worker ends its own.
+        self.relayed: dict[int, tuple[int, int]] = {}
         # Held by the serving loop except while a request runs: the handoff
         # watcher takes it to touch the parked connections, so the two
         # threads never do at once.
@@ -364,12 +388,14 @@ class WorkerLoop:
         # freezes (heartbeat.MOVABLE_FDS, forkserve.rescue): the record of a
         # connection is cleared before the loop reads, closes or hands it off,
         # and set once it is parked with nothing read (`_place`, `accept`).
-        # Two one-byte stores per keep-alive request. Without a handoff channel
-        # (TLS: the session cannot move) the stores go to a private table
-        # nobody reads. Only this loop's thread writes it (and the watcher,
-        # under the loop's lock).
+        # Two one-byte stores per keep-alive request. With TLS (the session
+        # cannot leave this worker's OpenSSL; the master rescues nothing) or
+        # without a handoff channel the stores go to a private table nobody
+        # reads. Only this loop's thread writes it (and the watcher, under the
+        # loop's lock).
         self.movable: memoryview = (
-            worker.heartbeat.movable_table(worker.slot) if self.handoff is not None
+            worker.heartbeat.movable_table(worker.slot)
+            if self.handoff is not None and not cfg.certfile
             else memoryview(bytearray(MOVABLE_FDS)))
         # Each listener's base environ (by identity) -> the records of a kept
         # and of a fresh connection from it; filled in boot().
@@ -640,9 +666,14 @@ class WorkerLoop:
         # Checked every pass, not every tick: a worker told to stop with
         # nothing in flight exits now instead of up to TICK later (a HUP or
         # a recycle then frees its memory and its slot sooner).
-        if self.draining and (not self.conns or now >= self.drain_deadline):
+        if self.draining and ((not self.conns and not self.relaying())
+                              or now >= self.drain_deadline):
             self.alive = False
         return None
+
+    def relaying(self) -> bool:
+        """Does this worker still relay TLS connections for its peers?"""
+        return self.relays is not None and self.relays.count > 0
 
     def on_tick(self, now: float) -> None:
         """Once per TICK, after balancing: the threaded loop checks its timeouts here."""
@@ -655,7 +686,7 @@ class WorkerLoop:
             setproctitle.setproctitle(worker_title(self.name, self.worker.generation, requests))
 
     def run(self, conn: Connection, app: Callable[..., Any]) -> None:
-        conn.draining = self.draining
+        conn.draining = self.drains(conn)
         # The watcher may move parked connections while this one runs; never
         # this one (it turns IDLE at the end of its response, before the
         # lock is back).
@@ -912,10 +943,16 @@ class WorkerLoop:
         Runs in its own thread in the worker, for the worker's life. It sleeps
         but for a glance every WATCH_INTERVAL_S; it takes the loop's lock only
         once a request has run past HANDOFF_AFTER_S, when the serving loop is
-        inside the app and does not hold it.
+        inside the app and does not hold it. With TLS it also runs the relays
+        (forkserve.relay), waiting on their sockets instead of sleeping: they
+        are its own, no other thread touches them.
         """
+        relays = self.relays
         while True:
-            time.sleep(WATCH_INTERVAL_S)
+            if relays is not None:
+                relays.wait(WATCH_INTERVAL_S)
+            else:
+                time.sleep(WATCH_INTERVAL_S)
             started = self.hooks.busy_since
             if (not started or self.draining
                     or time.monotonic() - started < HANDOFF_AFTER_S):
@@ -929,30 +966,56 @@ class WorkerLoop:
                 self.lock.release()
 
     def hand_off_waiting(self) -> None:
-        """Send every parked idle connection whose next request is arriving to another worker.
+        """Send every parked connection whose next request is arriving to another worker.
 
-        Watcher thread, under the loop's lock. Only connections with nothing
-        read into user space move (idle keep-alive ones, and new ones parked
-        unread): all their bytes are still in the kernel, so the taker reads
-        the request as if the connection had always been its own.
+        Watcher thread, under the loop's lock. A connection moves when the
+        taker can rebuild its state exactly (Connection.carried: between
+        requests, with its head arriving, or with a request without a body
+        waiting; up to MAX_CARRIED bytes read, which go with it). A TLS
+        connection stays here and is relayed (relay_away), once its handshake,
+        which this thread advances meanwhile, is done; a plain one goes whole,
+        and the taker reads the rest of the request as if the connection had
+        always been its own.
         """
         assert self.handoff is not None
-        for fd, _mask in self.epoll.poll(0):
-            conn = self.conns.get(fd)
-            if (conn is None or fd == self.running_fd or conn.state not in (State.IDLE, State.HEAD)
-                    or conn.buf or conn.handshaking):
+        proxy_off = self.settings.proxy_protocol is None
+        # Those with bytes arriving, and those with a complete request waiting
+        # for its turn behind the slow one (read in the same pass).
+        waiting = [fd for fd, _mask in self.epoll.poll(0)]
+        waiting += [c.fd for c in self.ready if c.state is State.READY]
+        for fd in waiting:
+            conn = self.conns.get(fd)  # (None once moved: a READY one may be in both lists)
+            if conn is None or fd == self.running_fd:
+                continue
+            if conn.handshaking:
+                # Its TLS session cannot move before it exists: take the
+                # handshake on here, without waiting for the slow request, and
+                # relay the connection once its request starts to arrive.
+                if not conn.handshake() and conn.state is State.CLOSED:
+                    self._forget(conn)
+                continue
+            data = conn.carried()
+            if data is None or len(data) > MAX_CARRIED:
                 continue
             index = next((i for i, base in enumerate(self.bases) if base is conn.base), -1)
-            fresh = conn.requests == 0  # accepted and parked unread: nothing read from it yet
             if index < 0:
                 continue
+            # Fresh: nothing consumed yet, so the taker expects its PROXY header
+            # as this worker would (one whose header was read goes as kept).
+            fresh = conn.requests == 0 and (conn.proxy_pending or proxy_off)
+            moved = Moved(index, conn.peer, fresh, data, conn.deadline, self.relayed.get(fd))
             record = self.movable[fd] if fd < MOVABLE_FDS else NOT_MOVABLE
             self.unmovable(fd)  # on its way: the master must not take a second copy
-            if not self.handoff.send(fd, index, conn.peer, fresh):
+            sent = self.relay_away(conn, moved) if conn.tls else self.handoff.send(fd, moved)
+            if not sent:
                 if record != NOT_MOVABLE:
                     self.movable[fd] = record  # it stays here, parked as it was
                 continue
-            log.debug("Handing %s to another worker: this one is busy", conn.peer_label)
+            if conn.tls:
+                conn.hold_fd = True  # the TLS socket is the relay's now
+            log.debug("Handing %s to another worker%s: this one is busy", conn.peer_label,
+                      " (relayed)" if conn.tls else "")
+            self.relayed.pop(fd, None)
             self.polled.discard(fd)
             try:
                 self.epoll.unregister(fd)
@@ -963,6 +1026,29 @@ class WorkerLoop:
                 self.kept.discard(fd)
                 self.peers.publish(len(self.kept))
             conn.close()  # our copy only: the one in flight keeps the connection open
+
+    def relay_away(self, conn: Connection, moved: Moved) -> bool:
+        """Hand the plaintext of TLS connection `conn` to a peer through a new relay.
+
+        Watcher thread, under the loop's lock. The peer gets one end of a unix
+        socket pair, marked as relayed by this worker, with the bytes already
+        decrypted; this worker keeps the TLS socket and relays (forkserve.relay).
+        """
+        assert self.handoff is not None and self.relays is not None
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of descriptors: the connection stays here
+            return False
+        try:
+            sent = self.handoff.send(theirs.fileno(),
+                                     moved._replace(relay=(self.worker.slot, os.getpid())))
+        finally:
+            theirs.close()  # the message holds its own reference until taken
+        if not sent:
+            mine.close()
+            return False
+        self.relays.add(conn.sock, mine)  # type: ignore[arg-type]  # an ssl.SSLSocket
+        return True
 
     def take_handed_off(self, now: float, app: Callable[..., Any]) -> None:
         """Serving loop: serve the connections busy peers handed over, one after another.
@@ -983,20 +1069,34 @@ class WorkerLoop:
             got = self.handoff.receive()
             if got is None:
                 return
-            sock, index, peer, fresh = got
-            if not 0 <= index < len(self.bases):
+            sock, moved = got
+            if moved.listener >= len(self.bases):
                 sock.close()
                 continue
-            conn = Connection(sock, peer, self.bases[index], self.settings, now)
+            # Never wrapped in TLS here: a TLS connection moves only as the
+            # plaintext end of a relay (its TLS ends in the relaying worker),
+            # served with its listener's environ: https, the client's address.
+            conn = Connection(sock, moved.peer, self.bases[moved.listener],
+                              self.plain_settings, now)
             self.conns[conn.fd] = conn
             self.unmovable(conn.fd)
-            if not fresh:
+            if moved.relay is not None:
+                self.relayed[conn.fd] = moved.relay
+            if not moved.fresh:
                 conn.proxy_pending = False  # the worker it came from read its PROXY header
                 conn.requests = 1  # answered before: a kept-alive connection
                 conn.state = State.IDLE  # between requests, as it was in the other worker
                 conn.deadline = now + self.settings.keepalive
                 self.keep(conn)
-            state = conn.on_readable(now)
+            if moved.data:
+                # Its head had started to arrive there: go on from those bytes.
+                conn.state, conn.buf, conn.deadline = State.HEAD, bytearray(moved.data), \
+                    moved.deadline
+                state = conn.advance_head(now)
+                if state is State.HEAD:
+                    state = conn.on_readable(now)
+            else:
+                state = conn.on_readable(now)
             if state is State.READY:
                 self.run(conn, app)
                 now = time.monotonic()
@@ -1023,6 +1123,8 @@ class WorkerLoop:
 
     def sweep(self, now: float) -> None:
         """Close connections past their deadline (idle, slow head, slow body, lingering)."""
+        if self.relayed:
+            self.end_relayed(now)
         for conn in [c for c in self.parked() if c.deadline <= now]:
             if conn.state in (State.READY,):
                 continue
@@ -1030,8 +1132,29 @@ class WorkerLoop:
             conn.expire(now)  # an idle one with a request just in is served instead
             self._place(conn)
 
+    def end_relayed(self, now: float) -> None:
+        """Relayed connections whose relaying worker is leaving: end them as a drain would.
+
+        That worker waits for its relays to close before it exits (bounded by
+        --graceful-timeout); an idle one gets the same last chance as a
+        draining worker's own, then a FIN, which the relay passes on.
+        """
+        for conn in self.parked():
+            owner = self.relayed.get(conn.fd)
+            if owner is not None and conn.state is State.IDLE and self.peers.gone(*owner):
+                conn.deadline = min(conn.deadline, now + DRAIN_LAST_CHANCE_S)
+
+    def drains(self, conn: Connection) -> bool:
+        """Answer `conn`'s request with Connection: close? (This worker or its relay leaves.)"""
+        if self.draining:
+            return True
+        owner = self.relayed.get(conn.fd) if self.relayed else None
+        return owner is not None and self.peers.gone(*owner)
+
     def _forget(self, conn: Connection) -> None:
         self.unmovable(conn.fd)
+        if self.relayed:
+            self.relayed.pop(conn.fd, None)
         if self.conns.pop(conn.fd, None) is not None:
             if conn.fd in self.kept:
                 self.kept.discard(conn.fd)

@@ -7,7 +7,10 @@ the ones computed from the latencies.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 from benchmarks import mixed, servers
 
@@ -20,11 +23,17 @@ def test_percentiles_are_nearest_rank() -> None:
     assert str(mixed.ClassResult().percentile(50)) == "nan"
 
 
-def test_mixed_traffic_measures_every_class_against_a_real_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_mixed_traffic_measures_every_class_against_a_real_server(tmp_path: Path,
+                                                                  tls: bool) -> None:
+    if tls and shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make the certificate")
     mix = mixed.Mix(fast=2, slow=1, close=1, slow_s=0.2)
-    running = servers.start(servers.SERVERS["forkserve"], mixed.APP, 2, tmp_path)
+    extra, context = mixed.tls_setup(tmp_path) if tls else ([], None)
+    running = servers.start(servers.SERVERS["forkserve"], mixed.APP, 2, tmp_path,
+                            extra_args=extra, tls=context)
     try:
-        results = mixed.measure(running.port, mix, duration_s=1.0)
+        results = mixed.measure(running.port, mix, duration_s=1.0, tls=context)
     finally:
         assert servers.stop(running)
     for name in mixed.CLASSES:
@@ -34,4 +43,6 @@ def test_mixed_traffic_measures_every_class_against_a_real_server(tmp_path: Path
     table = mixed.format_table({"forkserve": results}, mix)
     row = next(line for line in table.splitlines() if line.startswith("| forkserve |"))
     for name in mixed.CLASSES:
-        assert f"{results[name].percentile(99):.1f} ({len(results[name].latencies_ms)})" in row
+        result = results[name]
+        assert (f"{result.percentile(99):.1f} / {result.percentile(100):.0f} "
+                f"({len(result.latencies_ms)})") in row

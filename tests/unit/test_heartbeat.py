@@ -127,3 +127,20 @@ def test_a_saturated_threaded_worker_counts_as_busy(table: Heartbeats) -> None:
     assert table.peers(0).fewest(now) is None
     table.writer(1).saturated(0.0, now)  # one is free again
     assert table.peers(0).fewest(now) == 1
+
+
+def test_a_relaying_worker_is_gone_once_it_drains_exits_or_is_replaced(
+        table: Heartbeats) -> None:
+    # A worker serving connections relayed by another ends them when that
+    # worker leaves (forkserve.relay): this is how it tells.
+    table.reset(1, pid=4242)
+    peers = table.peers(1)
+    peers.publish(3)
+    watcher = table.peers(0)
+    assert not watcher.gone(1, 4242)
+    peers.withdraw()  # draining
+    assert watcher.gone(1, 4242)
+    table.reset(1, pid=5151)  # reaped, and the slot given to a new worker
+    table.peers(1).publish(0)
+    assert watcher.gone(1, 4242) and not watcher.gone(1, 5151)
+    assert watcher.gone(99, 4242)  # no such slot

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from forkserve.handoff import HandoffChannel
+from forkserve.handoff import HandoffChannel, Moved
 from forkserve.heartbeat import (
     MAX_MOVABLE_LISTENER,
     MOVABLE_FDS,
@@ -143,8 +143,8 @@ def test_published_connections_move_to_the_queue_and_the_worker_is_killed(
         for client, fresh in ((clients[0], False), (clients[1], True)):
             got = channel.receive()
             assert got is not None
-            sock, index, peer, was_fresh = got
-            assert (index, peer, was_fresh) == (0, client.getsockname(), fresh)
+            sock, moved = got
+            assert (moved.listener, moved.peer, moved.fresh) == (0, client.getsockname(), fresh)
             client.sendall(b"GET / HTTP/1.1\r\n\r\n")  # the same connection, alive
             sock.settimeout(5)
             assert sock.recv(100) == b"GET / HTTP/1.1\r\n\r\n"
@@ -238,7 +238,7 @@ def test_a_full_queue_keeps_the_rescued_in_the_master_until_there_is_room(
     channel = HandoffChannel()
     filler, other_end = socket.socketpair()
     queued = 0
-    while channel.send(filler.fileno(), 0, None, False):  # every worker busy: none taken
+    while channel.send(filler.fileno(), Moved(0, None, False)):  # every worker busy: none taken
         queued += 1
     filler.close()
     other_end.close()
@@ -259,7 +259,7 @@ def test_a_full_queue_keeps_the_rescued_in_the_master_until_there_is_room(
         assert not rescuer.pending and rescuer.writable_fd() is None
         for client in clients:
             got = channel.receive()
-            assert got is not None and got[2] == client.getsockname()
+            assert got is not None and got[1].peer == client.getsockname()
             client.sendall(b"still here")
             got[0].settimeout(5)
             assert got[0].recv(100) == b"still here"
@@ -275,7 +275,7 @@ def test_a_rescued_connection_nobody_takes_is_closed_after_a_while(
         listener: socket.socket) -> None:
     channel = HandoffChannel()
     filler, other_end = socket.socketpair()
-    while channel.send(filler.fileno(), 0, None, False):
+    while channel.send(filler.fileno(), Moved(0, None, False)):
         pass
     filler.close()
     other_end.close()
