@@ -41,6 +41,7 @@ from forkserve.notify import Notifier
 from forkserve.parser import describe as describe_parser
 from forkserve.parser import resolve as resolve_parser
 from forkserve.pidfile import Pidfile
+from forkserve.process import memory_reason
 from forkserve.rescue import Rescuer
 from forkserve.signals import SignalQueue, reset_to_default
 from forkserve.sockets import REEXEC_FDS_ENV, Listener, handshakes_under_way, reexec_fds
@@ -780,8 +781,7 @@ class Arbiter:
         if cfg.max_worker_memory:
             rss = rss_mib(worker.pid)
             if rss > cfg.max_worker_memory:
-                return "max_memory", (f"uses {rss:.1f} MiB (--max-worker-memory "
-                                      f"{cfg.max_worker_memory})")
+                return "max_memory", memory_reason(rss, cfg.max_worker_memory)
         return "", ""
 
     # -- reloads ----------------------------------------------------------

@@ -8,6 +8,7 @@ ever runs the app as root).
 from __future__ import annotations
 
 import grp
+import math
 import os
 import pwd
 import resource
@@ -103,3 +104,13 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass  # not allowed here (e.g. hard is unlimited but capped by the kernel)
+
+
+def memory_reason(mib: float, limit: int) -> str:
+    """Why a worker over --max-worker-memory is recycled, for the log.
+
+    The resident size is rounded up to 0.1 MiB: a worker 20 KiB over a
+    100 MiB limit reads "uses 100.1 MiB", never "uses 100.0 MiB", which
+    would look like the limit itself (seen in a test's log line).
+    """
+    return f"uses {math.ceil(mib * 10) / 10:.1f} MiB (--max-worker-memory {limit})"

@@ -56,7 +56,7 @@ from forkserve.heartbeat import MOVABLE_FDS, NOT_MOVABLE, SlotWriter, movable_co
 from forkserve.hooks import HookRequest, HookResponse, Hooks
 from forkserve.log import AccessLog, ErrorStream, JsonFormatter, RefusalLog, log, setup_error_log
 from forkserve.parser import RequestHead
-from forkserve.process import raise_fd_limit
+from forkserve.process import memory_reason, raise_fd_limit
 from forkserve.requestid import IdSource, environ_key, with_request_id
 from forkserve.response import REASONS, ResponseWriter, error_response
 from forkserve.signals import SignalQueue
@@ -731,8 +731,7 @@ class WorkerLoop:
                 return "", ""
             if resident > self.max_rss_pages:
                 mib = resident * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-                return "max_memory", (f"uses {mib:.1f} MiB "
-                                      f"(--max-worker-memory {self.cfg.max_worker_memory})")
+                return "max_memory", memory_reason(mib, self.cfg.max_worker_memory)
         return "", ""
 
     def leave(self, why: str, reason: str) -> None:
