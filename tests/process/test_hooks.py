@@ -41,6 +41,10 @@ def test_hooks_are_called_in_order_in_the_right_process(tmp_path: Path) -> None:
         s.send_signal(signal.SIGHUP)
         s.wait_for_log(r"Reload complete: generation 2")
         wait_until(lambda: w1 not in s.worker_pids(), what="old worker gone")
+        # Gone from /proc is not yet reaped: a TTIN dispatched in the same
+        # master wake-up as the reap would call nworkers_changed first.
+        wait_until(lambda: f"child_exit {master} worker={w1}" in record.read_text(),
+                   what="old worker reaped")
         (w2,) = s.worker_pids()
         s.send_signal(signal.SIGTTIN)
         wait_until(lambda: len(booted_pids(s.log)) == 3, what="TTIN worker")
