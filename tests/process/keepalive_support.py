@@ -192,3 +192,57 @@ class KeepAliveClients:
         while self.ok - start < answered and time.monotonic() < deadline:
             time.sleep(0.01)
         assert self.ok - start >= answered, f"only {self.ok - start} answered in {timeout}s"
+
+
+class FastLoops:
+    """`clients` requests.Session loops on a fast URL, recording each request's latency.
+
+    `verify`: the CA file for an HTTPS URL. Subclasses look into each 200
+    answer by overriding `answered`.
+    """
+
+    def __init__(self, url: str, clients: int, verify: str | bool = True) -> None:
+        self.url = url
+        self.verify = verify
+        self.latencies: list[tuple[float, float]] = []  # (start, duration)
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True)
+                         for _ in range(clients)]
+
+    def _loop(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    # verify= on each request: a REQUESTS_CA_BUNDLE in the
+                    # environment would override Session.verify.
+                    r = session.get(self.url, timeout=15, verify=self.verify)
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                self.latencies.append((t0, time.monotonic() - t0))
+                if r.status_code != 200:
+                    self.failures.append(f"status {r.status_code}")
+                else:
+                    self.answered(r)
+                time.sleep(0.005)
+
+    def answered(self, response: requests.Response) -> None:
+        """A 200 answer (client thread)."""
+
+    def __enter__(self) -> FastLoops:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+
+    def worst_since(self, since: float) -> float:
+        return max(d for t0, d in self.latencies if t0 >= since)
+
+    def count(self) -> int:
+        return len(self.latencies)

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.process.keepalive_support import CLOSE_RE, read_response
+from tests.process.keepalive_support import CLOSE_RE, FastLoops, read_response
 from tests.support import Server, self_signed_certificate, serve
 
 pytestmark = pytest.mark.process
@@ -43,58 +42,20 @@ def tls_args(certificate: tuple[Path, Path]) -> tuple[str, ...]:
     return "--certfile", str(certificate[0]), "--keyfile", str(certificate[1])
 
 
-class HttpsLoops:
+class HttpsLoops(FastLoops):
     """`clients` requests.Session loops over HTTPS on `url`: latencies and the environ seen."""
 
     def __init__(self, url: str, clients: int, cafile: Path) -> None:
-        self.url = url
-        self.cafile = cafile
-        self.latencies: list[tuple[float, float]] = []  # (start, duration)
-        self.failures: list[str] = []
+        super().__init__(url, clients, verify=str(cafile))
         # Every environ the app saw, but for what differs per connection or request.
         self.seen: set[tuple[tuple[str, str], ...]] = set()
         self.pids: set[int] = set()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True)
-                         for _ in range(clients)]
 
-    def _loop(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    # verify= on each request: a REQUESTS_CA_BUNDLE in the
-                    # environment would override Session.verify.
-                    r = session.get(self.url, timeout=15, verify=str(self.cafile))
-                except requests.RequestException as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                self.latencies.append((t0, time.monotonic() - t0))
-                if r.status_code != 200:
-                    self.failures.append(f"status {r.status_code}")
-                    continue
-                answer = r.json()
-                environ = answer["environ"]
-                self.seen.add(tuple(sorted((k, v) for k, v in environ.items()
-                                           if k not in PER_REQUEST)))
-                self.pids.add(answer["pid"])
-                time.sleep(0.005)
-
-    def __enter__(self) -> HttpsLoops:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(20)
-
-    def worst_since(self, since: float) -> float:
-        return max(d for t0, d in self.latencies if t0 >= since)
-
-    def count(self) -> int:
-        return len(self.latencies)
+    def answered(self, response: requests.Response) -> None:
+        answer = response.json()
+        self.seen.add(tuple(sorted((k, v) for k, v in answer["environ"].items()
+                                   if k not in PER_REQUEST)))
+        self.pids.add(answer["pid"])
 
 
 @pytest.fixture

@@ -22,7 +22,12 @@ import pytest
 import requests
 
 from forkserve.rescue import PidfdGetfd
-from tests.process.keepalive_support import CLOSE_RE, KeepAliveClients, read_response
+from tests.process.keepalive_support import (
+    CLOSE_RE,
+    FastLoops,
+    KeepAliveClients,
+    read_response,
+)
 from tests.process.lifecycle_support import alive, booted_pids, wait_until
 from tests.support import Server, self_signed_certificate, serve
 
@@ -412,46 +417,6 @@ def test_simultaneous_slow_requests_on_idle_workers_run_in_parallel() -> None:
 
 
 # -- no client waits behind another's slow request ----------------------------
-class FastLoops:
-    """`clients` requests.Session loops on a fast URL, recording each request's latency."""
-
-    def __init__(self, url: str, clients: int) -> None:
-        self.url = url
-        self.latencies: list[tuple[float, float]] = []  # (start, duration)
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True)
-                         for _ in range(clients)]
-
-    def _loop(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    r = session.get(self.url, timeout=15)
-                    ok = r.status_code == 200
-                except requests.RequestException as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                self.latencies.append((t0, time.monotonic() - t0))
-                if not ok:
-                    self.failures.append(f"status {r.status_code}")
-                time.sleep(0.005)
-
-    def __enter__(self) -> FastLoops:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(20)
-
-    def worst_since(self, since: float) -> float:
-        return max(d for t0, d in self.latencies if t0 >= since)
-
-
 def test_a_slow_request_delays_no_keepalive_client_parked_beside_it() -> None:
     # Two workers, ten keep-alive clients looping on a fast URL; one 3 s
     # request lands in one of the workers. The clients parked in that worker
