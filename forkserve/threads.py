@@ -343,12 +343,8 @@ class ThreadedLoop(WorkerLoop):
                     self._place(conn)  # complete: queued for a thread; closed: forgotten
                 elif fd == self.wake_fd:
                     self.collect(now)
-                elif fd in self.listen_socks:
-                    self.accept(fd, now)
-                elif fd == self.signals.read_fd:
-                    self.handle_signals()
-                elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now, app)
+                else:
+                    self.on_loop_event(fd, now, app)
             if self.ready:
                 self.dispatch(now)
             self.update_saturation(now)

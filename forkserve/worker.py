@@ -596,12 +596,8 @@ class WorkerLoop:
                         self.run(conn, app)
                     elif state is State.CLOSED:
                         self._forget(conn)
-                elif fd in self.listen_socks:
-                    self.accept(fd, now)
-                elif fd == self.signals.read_fd:
-                    self.handle_signals()
-                elif self.handoff is not None and fd == self.handoff.fileno():
-                    self.take_handed_off(now, app)
+                else:
+                    self.on_loop_event(fd, now, app)
             for _ in range(len(self.ready)):
                 conn = self.ready.popleft()
                 if conn.state is State.READY:
@@ -613,6 +609,16 @@ class WorkerLoop:
         for conn in list(self.conns.values()):
             conn.close()
         return WorkerExit.OK
+
+    def on_loop_event(self, fd: int, now: float, app: Callable[..., Any]) -> None:
+        """An event on one of the loop's own descriptors: a listener, the signal
+        pipe or the handoff queue (the sync and threaded loops alike)."""
+        if fd in self.listen_socks:
+            self.accept(fd, now)
+        elif fd == self.signals.read_fd:
+            self.handle_signals()
+        elif self.handoff is not None and fd == self.handoff.fileno():
+            self.take_handed_off(now, app)
 
     def count_connections(self) -> None:
         """--metrics-bind: publish how many connections idle and how many are arriving."""
