@@ -183,13 +183,16 @@ def test_a_connection_with_its_next_head_partly_read_moves_with_those_bytes(rest
         plain: dict[int, socket.socket] = {}
         started: dict[int, socket.socket] = {}
         others = []
-        for _ in range(12):  # a plain one and a started one on the same worker
-            sock, pid = parked(s.address)
-            plain.setdefault(pid, sock) is sock or others.append(sock)
-            sock, pid = parked(s.address, rest)
-            started.setdefault(pid, sock) is sock or others.append(sock)
+        for _ in range(24):  # a plain one and a started one on the same worker
+            # Open the kind a worker lacks: opening one of each in turn met the
+            # balance's own alternation (plain ones on one worker, started
+            # ones on the other) and found no worker with both.
+            kind, table = (rest, started) if plain.keys() - started.keys() else (b"", plain)
+            sock, pid = parked(s.address, kind)
+            table.setdefault(pid, sock) is sock or others.append(sock)
             if plain.keys() & started.keys():
                 break
+        assert plain.keys() & started.keys(), (plain.keys(), started.keys())
         pid = next(iter(plain.keys() & started.keys()))
         slow, waiting = plain[pid], started[pid]
         slow.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: test\r\n\r\n")
