@@ -214,6 +214,21 @@ class Server:
         return [pid for _, pid in sorted(kids)]
 
 
+def fd_targets(pid: int) -> Iterator[str]:
+    """What each of process `pid`'s descriptors points at (/proc/PID/fd): "socket:[N]",
+    a path, ...; nothing once the process is gone, and a descriptor closed while
+    being read is skipped."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            yield os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+
+
 @contextmanager
 def serve(app: str, *args: str, **kwargs: object) -> Iterator[Server]:
     """Start forkserve on `app` and stop it when the block ends."""

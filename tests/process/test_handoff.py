@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.process.keepalive_support import CLOSE_RE, FastLoops, read_response
-from tests.support import Server, self_signed_certificate, serve
+from tests.support import Server, fd_targets, self_signed_certificate, serve
 
 pytestmark = pytest.mark.process
 
@@ -222,16 +222,8 @@ def worker_holding(client_port: int, pids: list[int]) -> int | None:
             if int(fields[2].split(":")[1], 16) == client_port:
                 inodes.add(f"socket:[{fields[9]}]")
     for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return pid
-            except OSError:
-                continue
+        if any(target in inodes for target in fd_targets(pid)):
+            return pid
     return None
 
 

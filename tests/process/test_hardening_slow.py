@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import select
@@ -23,11 +22,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support import Server, serve, status_of
+from tests.support import Server, fd_targets, serve, status_of
 
 # Every test twice: sync workers, then --threads 4 (tests/conftest.py).
 pytestmark = [pytest.mark.process, pytest.mark.usefixtures("worker_threads")]
@@ -127,14 +125,7 @@ def idle_server(worker_threads: int) -> Iterator[Server]:
 
 
 def open_sockets(pid: int) -> int:
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd).startswith("socket:"):
-                count += 1
-        except OSError:
-            pass
-    return count
+    return sum(target.startswith("socket:") for target in fd_targets(pid))
 
 
 def test_idle_connection_flood_is_bounded(idle_server: Server) -> None:

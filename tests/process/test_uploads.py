@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Server, serve, status_of
+from tests.support import Server, fd_targets, serve, status_of
 
 pytestmark = pytest.mark.process
 
@@ -116,15 +116,7 @@ def _open_spools(server: Server) -> Iterator[str]:
     """Files under the server's TMPDIR that a worker holds open (anonymous temp files)."""
     spool_dir = str(server.spool_dir)  # type: ignore[attr-defined]
     for pid in server.worker_pids():
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
+        for target in fd_targets(pid):
             if target.startswith(spool_dir):
                 yield target
 
